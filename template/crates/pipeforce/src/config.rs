@@ -1,0 +1,694 @@
+//! Service configuration, read once at start from `PIPEFORCE_*` environment variables.
+//!
+//! PIPEFORCE's `service.start` injects most of these variables into the container; run locally,
+//! every one of them has a default that points at a broker on localhost. envy collects the raw
+//! values, then each one is checked on its own, so a broken deployment gets *one* error listing
+//! every bad variable with what was expected, instead of a fix-one-rerun loop.
+//!
+//! Rules that hold for every variable:
+//! - Unknown `PIPEFORCE_*` variables are ignored: PIPEFORCE injects more than a service reads.
+//! - An empty optional variable counts as unset. An empty variable that has a default is an
+//!   error: it usually means a broken manifest, and silently using the default would hide it.
+//! - Secrets are [`SecretString`]s, redacted in `Debug` output, and their values never appear in
+//!   an error message, so logging the whole config is safe.
+
+use std::{
+    ffi::OsStr,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// Prefix of every variable the service reads.
+pub const PREFIX: &str = "PIPEFORCE_";
+
+/// Values chosen when the project was generated, used where the environment says nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    /// The service name: the default for `PIPEFORCE_SERVICE`.
+    pub service: &'static str,
+    /// The PIPEFORCE namespace: the default for `PIPEFORCE_NAMESPACE`.
+    pub namespace: &'static str,
+    /// The HTTP port: the default for `PIPEFORCE_HTTP_PORT`.
+    pub http_port: u16,
+}
+
+/// The effective configuration of the service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `PIPEFORCE_SERVICE`: the service name; it names the service's queue.
+    pub service: String,
+    /// `PIPEFORCE_NAMESPACE`: the PIPEFORCE namespace the service runs in.
+    pub namespace: String,
+    /// `PIPEFORCE_STAGE`: the stage PIPEFORCE reports (e.g. `dev`, `prod`); informational.
+    pub stage: Option<String>,
+    /// `PIPEFORCE_DOMAIN`: the domain of the PIPEFORCE instance; informational.
+    pub domain: Option<String>,
+    /// `PIPEFORCE_PORTAL_URL`: the portal of the namespace; informational.
+    pub portal_url: Option<Url>,
+    /// How the service serves HTTP.
+    pub http: HttpConfig,
+    /// How the service reaches the PIPEFORCE hub.
+    pub hub: HubConfig,
+    /// How the service reaches RabbitMQ.
+    pub messaging: MessagingConfig,
+    /// `PIPEFORCE_SHUTDOWN_TIMEOUT_SECS`: how long in-flight work may take to finish after
+    /// SIGTERM before the service exits anyway (default 25, below Kubernetes' 30 s grace period).
+    pub shutdown_timeout: Duration,
+}
+
+/// The HTTP server's address.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `PIPEFORCE_HTTP_HOST`: the IP address to listen on (default `0.0.0.0`, every interface,
+    /// which a container needs; use `127.0.0.1` to stay local).
+    pub host: IpAddr,
+    /// `PIPEFORCE_HTTP_PORT`: the port to listen on; `0` picks a free one (tests use that).
+    pub port: u16,
+}
+
+/// Where the PIPEFORCE hub is and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// `PIPEFORCE_HUB_URL`; else `http://PIPEFORCE_HUB_HOST:PIPEFORCE_HUB_PORT` when the host is
+    /// set (port default 8080); else the in-cluster address
+    /// `http://hub.<namespace>.svc.cluster.local:8080`.
+    pub url: Url,
+    /// `PIPEFORCE_SECRET`: the credentials for the hub (`Basic`, `Bearer` or `Apitoken`).
+    pub secret: Option<SecretString>,
+}
+
+/// Where RabbitMQ is and which exchange and dead-letter queue the service uses.
+#[derive(Debug, Clone)]
+pub struct MessagingConfig {
+    /// `PIPEFORCE_MESSAGING_HOST` (default `localhost`).
+    pub host: String,
+    /// `PIPEFORCE_MESSAGING_PORT` (default 5672).
+    pub port: u16,
+    /// `PIPEFORCE_MESSAGING_USERNAME` (default `guest`).
+    pub username: String,
+    /// `PIPEFORCE_MESSAGING_PASSWORD` (default `guest`).
+    pub password: SecretString,
+    /// The topic exchange: `PIPEFORCE_MESSAGING_DEFAULT_TOPIC`, else
+    /// `PIPEFORCE_MESSAGING_DEFAULT_EXCHANGE`, else `pipeforce.topic.default`.
+    pub exchange: String,
+    /// `PIPEFORCE_MESSAGING_DEFAULT_DLQ`: where messages go that cannot be handled
+    /// (default `pipeforce_default_dlq`).
+    pub dead_letter_queue: String,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env(defaults: Defaults) -> Result<Self, ConfigError> {
+        Self::from_vars(defaults, std::env::vars_os())
+    }
+
+    /// Reads the configuration from the given variables, as if they were the environment.
+    ///
+    /// Tests use this instead of changing the process environment, which is shared by every
+    /// test running in parallel.
+    pub fn from_vars<K, V>(
+        defaults: Defaults,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, ConfigError>
+    where
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let mut check = Checker::default();
+        let mut utf8_vars = Vec::new();
+        for (key, value) in vars {
+            let Some(key) = key.as_ref().to_str() else {
+                continue;
+            };
+            if !key.starts_with(PREFIX) {
+                continue;
+            }
+            match value.as_ref().to_str() {
+                Some(value) => utf8_vars.push((key.to_owned(), value.to_owned())),
+                None => check.report(key, "valid UTF-8 text", Found::NotUtf8),
+            }
+        }
+        let env: Env = envy::prefixed(PREFIX)
+            .from_iter(utf8_vars)
+            .map_err(|error| ConfigError::single("PIPEFORCE_*", error.to_string()))?;
+        Self::check(defaults, env, check)
+    }
+
+    fn check(defaults: Defaults, env: Env, mut check: Checker) -> Result<Self, ConfigError> {
+        let service = check.parse_with(
+            "PIPEFORCE_SERVICE",
+            env.service,
+            defaults.service.to_owned(),
+            DNS_LABEL,
+            dns_label,
+        );
+        let namespace = check.parse_with(
+            "PIPEFORCE_NAMESPACE",
+            env.namespace,
+            defaults.namespace.to_owned(),
+            DNS_LABEL,
+            dns_label,
+        );
+        let stage = optional(env.stage);
+        let domain = optional(env.domain);
+        let portal_url = check.http_url("PIPEFORCE_PORTAL_URL", env.portal_url);
+
+        let http = HttpConfig {
+            host: check.parse(
+                "PIPEFORCE_HTTP_HOST",
+                env.http_host,
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                "an IP address such as 0.0.0.0 or 127.0.0.1",
+            ),
+            port: check.parse(
+                "PIPEFORCE_HTTP_PORT",
+                env.http_port,
+                defaults.http_port,
+                "a port number from 0 to 65535 (0 picks a free port)",
+            ),
+        };
+
+        let hub_url = check.http_url("PIPEFORCE_HUB_URL", env.hub_url);
+        let hub_host = optional(env.hub_host);
+        let hub_port = check.parse_with("PIPEFORCE_HUB_PORT", env.hub_port, 8080, PORT, port);
+        let hub_url = match (hub_url, hub_host) {
+            (Some(url), _) => url,
+            (None, Some(host)) => match Url::parse(&format!("http://{host}:{hub_port}")) {
+                Ok(url) if url.path() == "/" => url,
+                _ => {
+                    check.report(
+                        "PIPEFORCE_HUB_HOST",
+                        "a host name or IP address",
+                        Found::Value(host),
+                    );
+                    in_cluster_hub_url(&namespace)
+                }
+            },
+            (None, None) => in_cluster_hub_url(&namespace),
+        };
+        let hub = HubConfig {
+            url: hub_url,
+            secret: optional(env.secret).map(SecretString::from),
+        };
+
+        let messaging = MessagingConfig {
+            host: check.text("PIPEFORCE_MESSAGING_HOST", env.messaging_host, "localhost"),
+            port: check.parse_with(
+                "PIPEFORCE_MESSAGING_PORT",
+                env.messaging_port,
+                5672,
+                PORT,
+                port,
+            ),
+            username: check.text(
+                "PIPEFORCE_MESSAGING_USERNAME",
+                env.messaging_username,
+                "guest",
+            ),
+            password: SecretString::from(check.secret_text(
+                "PIPEFORCE_MESSAGING_PASSWORD",
+                env.messaging_password,
+                "guest",
+            )),
+            exchange: match optional(env.messaging_default_topic) {
+                Some(topic) => topic,
+                None => optional(env.messaging_default_exchange)
+                    .unwrap_or_else(|| "pipeforce.topic.default".to_owned()),
+            },
+            dead_letter_queue: check.text(
+                "PIPEFORCE_MESSAGING_DEFAULT_DLQ",
+                env.messaging_default_dlq,
+                "pipeforce_default_dlq",
+            ),
+        };
+
+        let shutdown_timeout = check.parse_with(
+            "PIPEFORCE_SHUTDOWN_TIMEOUT_SECS",
+            env.shutdown_timeout_secs,
+            Duration::from_secs(25),
+            "a whole number of seconds from 1 to 3600",
+            |value| {
+                let secs: u64 = value.parse().ok()?;
+                (1..=3600)
+                    .contains(&secs)
+                    .then(|| Duration::from_secs(secs))
+            },
+        );
+
+        check.finish(Config {
+            service,
+            namespace,
+            stage,
+            domain,
+            portal_url,
+            http,
+            hub,
+            messaging,
+            shutdown_timeout,
+        })
+    }
+}
+
+const DNS_LABEL: &str = "a DNS-1123 label: at most 63 lowercase letters, digits and '-', \
+     starting with a letter and ending with a letter or digit, e.g. orders";
+
+/// PIPEFORCE names services and namespaces by Kubernetes' rules, so anything else is a typo.
+fn dns_label(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let valid = (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    valid.then(|| value.to_owned())
+}
+
+const PORT: &str = "a port number from 1 to 65535";
+
+fn port(value: &str) -> Option<u16> {
+    value.parse().ok().filter(|port| *port != 0)
+}
+
+/// The effective configuration on one line, for the start-up log. Secrets show as `***`.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn or_unset(value: Option<&impl fmt::Display>) -> String {
+            value.map_or_else(|| "(unset)".to_owned(), ToString::to_string)
+        }
+        let secret = |set: bool| if set { "***" } else { "(unset)" };
+        let messaging = &self.messaging;
+        write!(
+            f,
+            "service={} namespace={} stage={} domain={} portal_url={} http={}:{} \
+             hub_url={} hub_secret={} messaging={}@{}:{} messaging_password=*** \
+             exchange={} dead_letter_queue={} shutdown_timeout={}s",
+            self.service,
+            self.namespace,
+            or_unset(self.stage.as_ref()),
+            or_unset(self.domain.as_ref()),
+            or_unset(self.portal_url.as_ref()),
+            self.http.host,
+            self.http.port,
+            self.hub.url,
+            secret(self.hub.secret.is_some()),
+            messaging.username,
+            messaging.host,
+            messaging.port,
+            messaging.exchange,
+            messaging.dead_letter_queue,
+            self.shutdown_timeout.as_secs(),
+        )
+    }
+}
+
+fn in_cluster_hub_url(namespace: &str) -> Url {
+    // The namespace is a DNS label by now, or already reported; either way the URL parses.
+    Url::parse(&format!("http://hub.{namespace}.svc.cluster.local:8080"))
+        .unwrap_or_else(|_| Url::parse("http://hub.invalid:8080").expect("a valid literal URL"))
+}
+
+/// The raw variables, as envy finds them (`PIPEFORCE_` stripped, lowercased).
+#[derive(Deserialize)]
+struct Env {
+    service: Option<String>,
+    namespace: Option<String>,
+    stage: Option<String>,
+    domain: Option<String>,
+    portal_url: Option<String>,
+    http_host: Option<String>,
+    http_port: Option<String>,
+    hub_url: Option<String>,
+    hub_host: Option<String>,
+    hub_port: Option<String>,
+    secret: Option<String>,
+    messaging_host: Option<String>,
+    messaging_port: Option<String>,
+    messaging_username: Option<String>,
+    messaging_password: Option<String>,
+    messaging_default_topic: Option<String>,
+    messaging_default_exchange: Option<String>,
+    messaging_default_dlq: Option<String>,
+    shutdown_timeout_secs: Option<String>,
+}
+
+/// An optional variable: set and not blank.
+fn optional(raw: Option<String>) -> Option<String> {
+    raw.filter(|value| !value.trim().is_empty())
+}
+
+/// Collects every problem instead of stopping at the first.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn report(&mut self, variable: &str, expected: &str, found: Found) {
+        self.problems.push(Problem {
+            variable: variable.to_owned(),
+            expected: expected.to_owned(),
+            found,
+        });
+    }
+
+    /// A text variable with a default: unset means the default, empty is an error.
+    fn text(&mut self, variable: &str, raw: Option<String>, default: &str) -> String {
+        match raw {
+            None => default.to_owned(),
+            Some(value) if value.trim().is_empty() => {
+                self.report(variable, "a non-empty value", Found::Empty);
+                default.to_owned()
+            }
+            Some(value) => value,
+        }
+    }
+
+    /// Like [`Checker::text`], but the value is never shown in an error.
+    fn secret_text(&mut self, variable: &str, raw: Option<String>, default: &str) -> String {
+        match raw {
+            Some(value) if value.is_empty() => {
+                self.report(variable, "a non-empty value", Found::Empty);
+                default.to_owned()
+            }
+            Some(value) => value,
+            None => default.to_owned(),
+        }
+    }
+
+    /// A typed variable with a default: unset means the default, anything unparsable (including
+    /// an empty value) is an error.
+    fn parse<T: FromStr>(
+        &mut self,
+        variable: &str,
+        raw: Option<String>,
+        default: T,
+        expected: &str,
+    ) -> T {
+        self.parse_with(variable, raw, default, expected, |value| value.parse().ok())
+    }
+
+    /// Like [`Checker::parse`], with a parser that says `None` for a bad value.
+    fn parse_with<T>(
+        &mut self,
+        variable: &str,
+        raw: Option<String>,
+        default: T,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> T {
+        let Some(value) = raw else { return default };
+        if value.is_empty() {
+            self.report(variable, expected, Found::Empty);
+            return default;
+        }
+        parse(&value).unwrap_or_else(|| {
+            self.report(variable, expected, Found::Value(value));
+            default
+        })
+    }
+
+    /// An optional absolute `http` or `https` URL.
+    fn http_url(&mut self, variable: &str, raw: Option<String>) -> Option<Url> {
+        let value = optional(raw)?;
+        match Url::parse(&value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+            _ => {
+                self.report(
+                    variable,
+                    "an http:// or https:// URL, e.g. https://hub-acme.pipeforce.net",
+                    Found::Value(value),
+                );
+                None
+            }
+        }
+    }
+
+    fn finish(self, config: Config) -> Result<Config, ConfigError> {
+        if self.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: self.problems,
+            })
+        }
+    }
+}
+
+/// The configuration could not be read: every bad variable, with what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn single(variable: &str, expected: String) -> Self {
+        Self {
+            problems: vec![Problem {
+                variable: variable.to_owned(),
+                expected,
+                found: Found::Unreadable,
+            }],
+        }
+    }
+
+    /// What is wrong, one entry per variable.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        let noun = if count == 1 { "variable" } else { "variables" };
+        write!(
+            f,
+            "invalid configuration: {count} environment {noun} to fix"
+        )?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One bad variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The variable's name, e.g. `PIPEFORCE_HTTP_PORT`.
+    pub variable: String,
+    /// What the variable must hold.
+    pub expected: String,
+    found: Found,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: expected {}, ", self.variable, self.expected)?;
+        match &self.found {
+            Found::Value(value) => write!(f, "got {value:?}"),
+            Found::Empty => f.write_str("got an empty value"),
+            Found::NotUtf8 => f.write_str("got bytes that are not UTF-8"),
+            Found::Unreadable => f.write_str("could not read the environment"),
+        }
+    }
+}
+
+/// What a bad variable held. Secrets are only ever reported as `Empty` or `NotUtf8`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Found {
+    Value(String),
+    Empty,
+    NotUtf8,
+    Unreadable,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const DEFAULTS: Defaults = Defaults {
+        service: "orders",
+        namespace: "acme",
+        http_port: 8080,
+    };
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(DEFAULTS, vars.iter().copied())
+    }
+
+    fn problem_variables(error: &ConfigError) -> Vec<&str> {
+        error
+            .problems()
+            .iter()
+            .map(|p| p.variable.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_environment_gives_the_generated_defaults() {
+        let config = config(&[]).unwrap();
+
+        assert_eq!(config.service, "orders");
+        assert_eq!(config.namespace, "acme");
+        assert_eq!(config.http.port, 8080);
+        assert_eq!(config.http.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(
+            config.hub.url.as_str(),
+            "http://hub.acme.svc.cluster.local:8080/"
+        );
+        assert_eq!(config.messaging.host, "localhost");
+        assert_eq!(config.messaging.port, 5672);
+        assert_eq!(config.messaging.exchange, "pipeforce.topic.default");
+        assert_eq!(config.messaging.dead_letter_queue, "pipeforce_default_dlq");
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn injected_variables_override_the_defaults() {
+        let config = config(&[
+            ("PIPEFORCE_SERVICE", "billing"),
+            ("PIPEFORCE_NAMESPACE", "prod"),
+            ("PIPEFORCE_HTTP_PORT", "9000"),
+            ("PIPEFORCE_HUB_URL", "https://hub-prod.pipeforce.net"),
+            ("PIPEFORCE_MESSAGING_HOST", "rabbit"),
+            (
+                "PIPEFORCE_MESSAGING_DEFAULT_EXCHANGE",
+                "pipeforce.default.topic",
+            ),
+            ("PIPEFORCE_MESSAGING_PASSWORD", "s3cret"),
+        ])
+        .unwrap();
+
+        assert_eq!(config.service, "billing");
+        assert_eq!(config.namespace, "prod");
+        assert_eq!(config.http.port, 9000);
+        assert_eq!(config.hub.url.as_str(), "https://hub-prod.pipeforce.net/");
+        assert_eq!(config.messaging.host, "rabbit");
+        assert_eq!(config.messaging.exchange, "pipeforce.default.topic");
+        assert_eq!(config.messaging.password.expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn the_topic_variable_wins_over_the_exchange_variable() {
+        let config = config(&[
+            ("PIPEFORCE_MESSAGING_DEFAULT_TOPIC", "from.topic"),
+            ("PIPEFORCE_MESSAGING_DEFAULT_EXCHANGE", "from.exchange"),
+        ])
+        .unwrap();
+
+        assert_eq!(config.messaging.exchange, "from.topic");
+    }
+
+    #[test]
+    fn the_hub_url_is_built_from_host_and_port_when_no_url_is_set() {
+        let config = config(&[
+            ("PIPEFORCE_HUB_HOST", "hub.local"),
+            ("PIPEFORCE_HUB_PORT", "9999"),
+        ])
+        .unwrap();
+
+        assert_eq!(config.hub.url.as_str(), "http://hub.local:9999/");
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once() {
+        let error = config(&[
+            ("PIPEFORCE_HTTP_PORT", "abc"),
+            ("PIPEFORCE_MESSAGING_PORT", "70000"),
+            ("PIPEFORCE_HUB_URL", "ftp://hub"),
+            ("PIPEFORCE_SERVICE", ""),
+            ("PIPEFORCE_NAMESPACE", "Acme Corp"),
+            ("PIPEFORCE_SHUTDOWN_TIMEOUT_SECS", "0"),
+        ])
+        .unwrap_err();
+
+        assert_eq!(
+            problem_variables(&error),
+            [
+                "PIPEFORCE_SERVICE",
+                "PIPEFORCE_NAMESPACE",
+                "PIPEFORCE_HTTP_PORT",
+                "PIPEFORCE_HUB_URL",
+                "PIPEFORCE_MESSAGING_PORT",
+                "PIPEFORCE_SHUTDOWN_TIMEOUT_SECS",
+            ]
+        );
+        let message = error.to_string();
+        assert!(message.starts_with("invalid configuration: 6 environment variables to fix"));
+        assert!(
+            message.contains("PIPEFORCE_HTTP_PORT: expected a port number"),
+            "{message}"
+        );
+        assert!(message.contains("got \"abc\""), "{message}");
+    }
+
+    #[test]
+    fn unknown_pipeforce_variables_and_other_variables_are_ignored() {
+        let config = config(&[
+            ("PIPEFORCE_SOMETHING_NEW", "whatever"),
+            ("HOME", "/root"),
+            ("PIPEFORCE_STAGE", "dev"),
+        ])
+        .unwrap();
+
+        assert_eq!(config.stage.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn empty_optional_variables_count_as_unset() {
+        let config = config(&[("PIPEFORCE_HUB_URL", ""), ("PIPEFORCE_DOMAIN", " ")]).unwrap();
+
+        assert_eq!(config.domain, None);
+        assert_eq!(
+            config.hub.url.as_str(),
+            "http://hub.acme.svc.cluster.local:8080/"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output_and_never_echoed_in_errors() {
+        let config = config(&[
+            ("PIPEFORCE_MESSAGING_PASSWORD", "hunter2-password"),
+            ("PIPEFORCE_SECRET", "Bearer hunter2-token"),
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let display = config.to_string();
+        assert!(!display.contains("hunter2"), "{display}");
+        assert!(display.contains("hub_secret=***"), "{display}");
+
+        let error = config_error_for_empty_password();
+        assert!(!error.to_string().contains("hunter2"));
+    }
+
+    fn config_error_for_empty_password() -> ConfigError {
+        config(&[("PIPEFORCE_MESSAGING_PASSWORD", "")]).unwrap_err()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_value_that_is_not_utf8_is_reported_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+
+        let vars = [(
+            OsStr::new("PIPEFORCE_NAMESPACE"),
+            OsStr::from_bytes(&[0x66, 0xff]),
+        )];
+        let error = Config::from_vars(DEFAULTS, vars).unwrap_err();
+
+        assert_eq!(problem_variables(&error), ["PIPEFORCE_NAMESPACE"]);
+        assert!(error.to_string().contains("not UTF-8"));
+    }
+}

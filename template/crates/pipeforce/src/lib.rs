@@ -1,0 +1,26 @@
+//! # pipeforce: the framework half of a PIPEFORCE service
+//!
+//! Everything a service needs that is not its own business logic lives in this crate, so that
+//! the service crate next to it holds only what its authors write. The service's `main` reads
+//! [`Config`], starts [`telemetry`], builds an [`App`] and runs it until [`shutdown::signal`].
+//!
+//! # Layout
+//! - [`config`]: the `PIPEFORCE_*` environment, checked all at once.
+//! - [`app`]: [`App`], which binds the HTTP listener in `build` and serves until told to stop.
+//! - [`http`]: the routes every service has (health) and JSON problem responses for errors.
+//! - [`health`]: [`Readiness`](health::Readiness), the conditions `/health/ready` reports.
+//! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful shutdown.
+//! - [`telemetry`]: logging through `tracing`, filtered by `RUST_LOG`.
+//! - [`error`]: [`Error`], what can stop the service from starting or running.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::{Config, Defaults};
+pub use error::Error;
