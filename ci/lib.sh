@@ -1,0 +1,35 @@
+# Shared by the ci/ scripts: make sure the tools and services the template needs are here.
+
+# cargo-generate 0.23.x, the newest line that builds with this toolchain.
+ensure_cargo_generate() {
+    if cargo generate --version 2>/dev/null | grep -q ' 0\.23\.'; then
+        return
+    fi
+    echo "ci: installing cargo-generate 0.23.14 (takes a few minutes)" >&2
+    cargo install cargo-generate --version 0.23.14 --locked
+}
+
+# RabbitMQ on 127.0.0.1:5672 with guest/guest: started if stopped, installed if missing.
+ensure_rabbitmq() {
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+        echo "ci: installing rabbitmq-server" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server
+    fi
+    if ! rabbitmqctl -q status >/dev/null 2>&1; then
+        echo "ci: starting RabbitMQ" >&2
+        rabbitmq-server -detached
+    fi
+    if ! timeout 120 rabbitmqctl -q await_startup >/dev/null 2>&1; then
+        echo "ci: RabbitMQ did not start within 120 s" >&2
+        return 1
+    fi
+    for _ in $(seq 1 100); do
+        if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "ci: RabbitMQ does not listen on 127.0.0.1:5672" >&2
+    return 1
+}

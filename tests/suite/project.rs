@@ -1,0 +1,158 @@
+//! The default render as a project: style, lints, its own tests, and the service binary.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use template_tests::{ServiceProcess, run_with_timeout};
+
+use crate::{DEFAULT_BINARY, DEFAULT_RENDER};
+
+#[test]
+fn the_rendered_project_is_formatted() {
+    DEFAULT_RENDER
+        .cargo(&["fmt", "--all", "--check"])
+        .assert_success("cargo fmt --check");
+}
+
+#[test]
+fn the_rendered_project_is_clippy_clean() {
+    DEFAULT_RENDER
+        .cargo(&[
+            "clippy",
+            "--locked",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .assert_success("cargo clippy -D warnings");
+}
+
+#[test]
+fn the_rendered_project_passes_its_own_tests() {
+    let output = DEFAULT_RENDER.cargo(&["test", "--locked"]);
+    output.assert_success("cargo test");
+    assert!(
+        output.stdout.contains("test result: ok"),
+        "no test ran:\n{}",
+        output.stdout
+    );
+}
+
+#[tokio::test]
+async fn the_service_starts_answers_liveness_and_stops_cleanly_on_sigterm() {
+    let mut service = ServiceProcess::start(&DEFAULT_BINARY, &[]);
+    service
+        .wait_for_status("/health/live", 200, Duration::from_secs(30))
+        .await;
+
+    service.signal(Signal::SIGTERM);
+    let asked = Instant::now();
+    let status = service.wait_for_exit(Duration::from_secs(5)).await;
+
+    let logs = service.logs();
+    let status = status.unwrap_or_else(|| panic!("still running 5 s after SIGTERM:\n{logs}"));
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(logs.contains("received SIGTERM"), "{logs}");
+}
+
+#[tokio::test]
+async fn the_service_stops_cleanly_on_sigint() {
+    let mut service = ServiceProcess::start(&DEFAULT_BINARY, &[]);
+    service
+        .wait_for_status("/health/live", 200, Duration::from_secs(30))
+        .await;
+
+    service.signal(Signal::SIGINT);
+
+    let status = service.wait_for_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", service.logs());
+}
+
+#[test]
+fn an_invalid_variable_stops_start_up_with_a_message_naming_it() {
+    let output = run_with_timeout(
+        std::process::Command::new(&*DEFAULT_BINARY)
+            .env("PIPEFORCE_HTTP_PORT", "abc")
+            .env("PIPEFORCE_MESSAGING_PORT", "")
+            .env("PIPEFORCE_HUB_URL", "not a url")
+            .env("RUST_BACKTRACE", "1"),
+        Duration::from_secs(10),
+    );
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = &output.stderr;
+    assert!(
+        stderr.contains("3 environment variables to fix"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(r#"PIPEFORCE_HTTP_PORT: expected a port number"#),
+        "{stderr}"
+    );
+    assert!(stderr.contains(r#"got "abc""#), "{stderr}");
+    assert!(stderr.contains("PIPEFORCE_MESSAGING_PORT"), "{stderr}");
+    assert!(stderr.contains("PIPEFORCE_HUB_URL"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+}
+
+#[test]
+fn unknown_pipeforce_variables_do_not_break_start_up() {
+    let output = run_with_timeout(
+        std::process::Command::new(&*DEFAULT_BINARY)
+            .env("PIPEFORCE_SOMETHING_NEW", "x")
+            .env("PIPEFORCE_HTTP_PORT", "abc"),
+        Duration::from_secs(10),
+    );
+
+    // Only the bad port is reported.
+    assert!(
+        output.stderr.contains("1 environment variable to fix"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_effective_configuration_is_logged_with_secrets_masked() {
+    let mut service = ServiceProcess::start(
+        &DEFAULT_BINARY,
+        &[
+            ("PIPEFORCE_MESSAGING_PASSWORD", "hunter2-password"),
+            ("PIPEFORCE_SECRET", "Bearer hunter2-token"),
+        ],
+    );
+    service
+        .wait_for_status("/health/live", 200, Duration::from_secs(30))
+        .await;
+
+    let logs = service.logs();
+    assert!(logs.contains("effective configuration"), "{logs}");
+    assert!(logs.contains("messaging_password=***"), "{logs}");
+    assert!(logs.contains("hub_secret=***"), "{logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
+}
+
+#[test]
+fn a_taken_port_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+
+    let output = run_with_timeout(
+        std::process::Command::new(&*DEFAULT_BINARY)
+            .env("PIPEFORCE_HTTP_HOST", "127.0.0.1")
+            .env("PIPEFORCE_HTTP_PORT", &port),
+        Duration::from_secs(10),
+    );
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains(&format!("cannot listen for HTTP on 127.0.0.1:{port}")),
+        "{}",
+        output.stderr
+    );
+    assert!(output.stderr.contains("caused by"), "{}", output.stderr);
+}
