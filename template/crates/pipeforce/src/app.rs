@@ -1,16 +1,28 @@
 //! The running service: [`App::build`] prepares everything that can fail, then
-//! [`App::run_until_stopped`] serves until its stop trigger fires and shuts down gracefully.
+//! [`App::run_until_stopped`] serves HTTP and consumes messages until its stop trigger fires,
+//! then shuts both down gracefully.
 //!
 //! Building binds the HTTP listener, so a taken port is a start-up error and the real port is
-//! known before serving starts (tests bind port 0 and read [`App::http_addr`]).
+//! known before serving starts (tests bind port 0 and read [`App::http_addr`]). The broker
+//! connection is made in the background: an unreachable broker makes the service unready
+//! (`/health/ready` answers 503) and it retries with back-off, instead of crash-looping.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{Config, Error, health::Readiness, http};
+use crate::{
+    Config, Error,
+    health::Readiness,
+    http,
+    messaging::{Consumer, Dispatcher, Publisher, RetryPolicy},
+    services::Services,
+};
+
+/// How long a publish waits for a broker connection while the service (re)connects.
+const PUBLISH_CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// A service ready to run.
 pub struct App {
@@ -18,21 +30,60 @@ pub struct App {
     http_listener: TcpListener,
     http_addr: SocketAddr,
     readiness: Readiness,
+    consumer: Consumer,
+    publisher: Publisher,
 }
 
 impl App {
-    /// Binds the HTTP listener. Logs the effective configuration, with secrets redacted.
-    pub async fn build(config: Config) -> Result<Self, Error> {
+    /// Registers the services with `register`, binds the HTTP listener and prepares the
+    /// consumer. Logs the effective configuration, with secrets redacted.
+    pub async fn build(
+        config: Config,
+        register: impl FnOnce(&mut Services),
+    ) -> Result<Self, Error> {
         info!(%config, "effective configuration");
         let address = SocketAddr::new(config.http.host, config.http.port);
         let bind_error = |source| Error::HttpBind { address, source };
         let http_listener = TcpListener::bind(address).await.map_err(bind_error)?;
         let http_addr = http_listener.local_addr().map_err(bind_error)?;
+
+        let (connection, connection_updates) = watch::channel(None);
+        let messaging = &config.messaging;
+        let publisher = Publisher::for_broker(
+            &messaging.exchange,
+            &config.service,
+            connection_updates,
+            PUBLISH_CONNECT_WAIT,
+        );
+        let mut services = Services::new(publisher.clone());
+        register(&mut services);
+        let retry = RetryPolicy {
+            max_retries: messaging.max_retries,
+            first_delay: messaging.retry_delay,
+        };
+        let dispatcher = Dispatcher::new(services.into_handlers(), publisher.clone(), retry);
+        for handler in dispatcher.handlers() {
+            let patterns: Vec<&str> = handler.patterns().iter().map(|p| p.as_str()).collect();
+            info!(handler = handler.name(), ?patterns, "registered handler");
+        }
+
+        let readiness = Readiness::default();
+        let consumer = Consumer {
+            config: messaging.clone(),
+            service: config.service.clone(),
+            dispatcher: Arc::new(dispatcher),
+            publisher: publisher.clone(),
+            connection,
+            ready: readiness.condition("messaging"),
+            shutdown_timeout: config.shutdown_timeout,
+        };
         Ok(Self {
             config,
             http_listener,
             http_addr,
-            readiness: Readiness::default(),
+            readiness,
+            consumer,
+            publisher,
         })
     }
 
@@ -46,8 +97,14 @@ impl App {
         &self.readiness
     }
 
+    /// Publishes events and sends requests, like the services do.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
     /// Serves until `stop` completes, then shuts down gracefully: stops accepting connections
-    /// and lets in-flight requests finish, for at most the configured shutdown timeout.
+    /// and deliveries, and lets in-flight requests and handlers finish, for at most the
+    /// configured shutdown timeout.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let stopping = CancellationToken::new();
         let server = warp::serve(http::routes(self.readiness.clone()))
@@ -55,20 +112,28 @@ impl App {
             .graceful(stopping.clone().cancelled_owned())
             .run();
         let mut server = tokio::spawn(server);
+        // Its own task: consuming from `main`'s thread would cost throughput.
+        let mut consumer = tokio::spawn(self.consumer.run(stopping.clone()));
         info!(address = %self.http_addr, service = %self.config.service, "serving HTTP");
 
         tokio::select! {
             () = stop => {}
             _ = &mut server => return Err(Error::HttpServerStopped),
+            _ = &mut consumer => return Err(Error::ConsumerStopped),
         }
 
-        info!("shutting down: no new connections, finishing in-flight requests");
+        info!("shutting down: no new requests or deliveries, finishing the ones in flight");
         stopping.cancel();
+        // The consumer bounds its wait for handlers by the same timeout; the margin lets it
+        // flush acks and close the connection after that.
         let timeout = self.config.shutdown_timeout;
-        if tokio::time::timeout(timeout, server).await.is_err() {
+        let finished = tokio::time::timeout(timeout + Duration::from_secs(2), async {
+            let _ = tokio::join!(server, consumer);
+        });
+        if finished.await.is_err() {
             warn!(
                 ?timeout,
-                "in-flight requests did not finish in time; stopping anyway"
+                "in-flight work did not finish in time; stopping anyway"
             );
         }
         info!("stopped");

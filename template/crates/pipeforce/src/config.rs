@@ -83,13 +83,20 @@ pub struct HubConfig {
     pub secret: Option<SecretString>,
 }
 
-/// Where RabbitMQ is and which exchange and dead-letter queue the service uses.
+/// Where RabbitMQ is, and how the service consumes from it.
 #[derive(Debug, Clone)]
 pub struct MessagingConfig {
-    /// `PIPEFORCE_MESSAGING_HOST` (default `localhost`).
-    pub host: String,
-    /// `PIPEFORCE_MESSAGING_PORT` (default 5672).
-    pub port: u16,
+    /// The brokers to connect to, tried in order: `PIPEFORCE_MESSAGING_ADDRESSES`
+    /// (`host[:port],host[:port]`, for a cluster), else `PIPEFORCE_MESSAGING_HOST` (default
+    /// `localhost`) and `PIPEFORCE_MESSAGING_PORT` (default 5672, or 5671 with TLS).
+    pub addresses: Vec<BrokerAddress>,
+    /// `PIPEFORCE_MESSAGING_VHOST`: the virtual host (default `/`).
+    pub vhost: String,
+    /// `PIPEFORCE_MESSAGING_TLS`: connect with TLS (`amqps`); `true` or `false` (default).
+    pub tls: bool,
+    /// `PIPEFORCE_MESSAGING_TLS_CA_FILE`: a PEM file of CA certificates to trust besides the
+    /// system's, for a broker with a private CA. Read at start.
+    pub tls_ca_pem: Option<String>,
     /// `PIPEFORCE_MESSAGING_USERNAME` (default `guest`).
     pub username: String,
     /// `PIPEFORCE_MESSAGING_PASSWORD` (default `guest`).
@@ -100,6 +107,54 @@ pub struct MessagingConfig {
     /// `PIPEFORCE_MESSAGING_DEFAULT_DLQ`: where messages go that cannot be handled
     /// (default `pipeforce_default_dlq`).
     pub dead_letter_queue: String,
+    /// The service's own queue: `pipeforce.service.<service>`.
+    pub queue: String,
+    /// `PIPEFORCE_MESSAGING_QUEUE_TYPE`: `classic` (default) or `quorum`, used when the
+    /// queue is created.
+    pub queue_type: QueueType,
+    /// `PIPEFORCE_MESSAGING_PREFETCH`: how many messages the service handles at once
+    /// (1 to 65535, default 200).
+    pub prefetch: u16,
+    /// `PIPEFORCE_MESSAGING_MAX_RETRIES`: how often a failing handler is retried before its
+    /// message is dead-lettered (0 to 100, default 3).
+    pub max_retries: u32,
+    /// `PIPEFORCE_MESSAGING_RETRY_DELAY_MS`: the wait before the first retry, doubled for each
+    /// further one (0 to 60000, default 200).
+    pub retry_delay: Duration,
+}
+
+/// One broker of [`MessagingConfig::addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl fmt::Display for BrokerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// The RabbitMQ queue type of the service's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// A classic queue: the default, the fastest on a single node.
+    Classic,
+    /// A quorum queue: replicated across a cluster, survives the loss of a node.
+    Quorum,
+}
+
+impl QueueType {
+    /// The value of the `x-queue-type` queue argument.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
 }
 
 impl Config {
@@ -197,15 +252,59 @@ impl Config {
             secret: optional(env.secret).map(SecretString::from),
         };
 
-        let messaging = MessagingConfig {
-            host: check.text("PIPEFORCE_MESSAGING_HOST", env.messaging_host, "localhost"),
-            port: check.parse_with(
-                "PIPEFORCE_MESSAGING_PORT",
-                env.messaging_port,
-                5672,
-                PORT,
-                port,
+        let tls = check.parse_with(
+            "PIPEFORCE_MESSAGING_TLS",
+            env.messaging_tls,
+            false,
+            "true or false",
+            boolean,
+        );
+        let host = check.text("PIPEFORCE_MESSAGING_HOST", env.messaging_host, "localhost");
+        let default_port = if tls { 5671 } else { 5672 };
+        let port = check.parse_with(
+            "PIPEFORCE_MESSAGING_PORT",
+            env.messaging_port,
+            default_port,
+            PORT,
+            port,
+        );
+        let addresses = match optional(env.messaging_addresses) {
+            None => vec![BrokerAddress { host, port }],
+            Some(list) => check.parse_with(
+                "PIPEFORCE_MESSAGING_ADDRESSES",
+                Some(list),
+                Vec::new(),
+                "a comma-separated list of host[:port], e.g. rabbit-0:5672,rabbit-1:5672",
+                |list| broker_addresses(list, port),
             ),
+        };
+        let tls_ca_pem = optional(env.messaging_tls_ca_file).and_then(|path| {
+            match std::fs::read_to_string(&path) {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+                Ok(_) => {
+                    check.report(
+                        "PIPEFORCE_MESSAGING_TLS_CA_FILE",
+                        "a PEM file holding CA certificates",
+                        Found::Value(path),
+                    );
+                    None
+                }
+                Err(error) => {
+                    check.report(
+                        "PIPEFORCE_MESSAGING_TLS_CA_FILE",
+                        &format!("a readable PEM file ({error})"),
+                        Found::Value(path),
+                    );
+                    None
+                }
+            }
+        });
+
+        let messaging = MessagingConfig {
+            addresses,
+            vhost: check.text("PIPEFORCE_MESSAGING_VHOST", env.messaging_vhost, "/"),
+            tls,
+            tls_ca_pem,
             username: check.text(
                 "PIPEFORCE_MESSAGING_USERNAME",
                 env.messaging_username,
@@ -225,6 +324,42 @@ impl Config {
                 "PIPEFORCE_MESSAGING_DEFAULT_DLQ",
                 env.messaging_default_dlq,
                 "pipeforce_default_dlq",
+            ),
+            queue: format!("pipeforce.service.{service}"),
+            queue_type: check.parse_with(
+                "PIPEFORCE_MESSAGING_QUEUE_TYPE",
+                env.messaging_queue_type,
+                QueueType::Classic,
+                "classic or quorum",
+                |value| match value {
+                    "classic" => Some(QueueType::Classic),
+                    "quorum" => Some(QueueType::Quorum),
+                    _ => None,
+                },
+            ),
+            prefetch: check.parse_with(
+                "PIPEFORCE_MESSAGING_PREFETCH",
+                env.messaging_prefetch,
+                200,
+                "a whole number from 1 to 65535",
+                |value| value.parse().ok().filter(|n: &u16| *n > 0),
+            ),
+            max_retries: check.parse_with(
+                "PIPEFORCE_MESSAGING_MAX_RETRIES",
+                env.messaging_max_retries,
+                3,
+                "a whole number from 0 to 100",
+                |value| value.parse().ok().filter(|n: &u32| *n <= 100),
+            ),
+            retry_delay: check.parse_with(
+                "PIPEFORCE_MESSAGING_RETRY_DELAY_MS",
+                env.messaging_retry_delay_ms,
+                Duration::from_millis(200),
+                "a whole number of milliseconds from 0 to 60000",
+                |value| {
+                    let millis: u64 = value.parse().ok()?;
+                    (millis <= 60_000).then(|| Duration::from_millis(millis))
+                },
             ),
         };
 
@@ -270,6 +405,35 @@ fn dns_label(value: &str) -> Option<String> {
     valid.then(|| value.to_owned())
 }
 
+fn boolean(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// `host[:port],host[:port]`; a missing port is `default_port`.
+fn broker_addresses(list: &str, default_port: u16) -> Option<Vec<BrokerAddress>> {
+    list.split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            let (host, port) = match entry.rsplit_once(':') {
+                Some((host, port)) => (host, self::port(port)?),
+                None => (entry, default_port),
+            };
+            let valid_host = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            valid_host.then(|| BrokerAddress {
+                host: host.to_owned(),
+                port,
+            })
+        })
+        .collect()
+}
+
 const PORT: &str = "a port number from 1 to 65535";
 
 fn port(value: &str) -> Option<u16> {
@@ -287,8 +451,9 @@ impl fmt::Display for Config {
         write!(
             f,
             "service={} namespace={} stage={} domain={} portal_url={} http={}:{} \
-             hub_url={} hub_secret={} messaging={}@{}:{} messaging_password=*** \
-             exchange={} dead_letter_queue={} shutdown_timeout={}s",
+             hub_url={} hub_secret={} messaging={}@{} vhost={} tls={} messaging_password=*** \
+             exchange={} queue={} queue_type={} dead_letter_queue={} prefetch={} \
+             max_retries={} retry_delay={}ms shutdown_timeout={}s",
             self.service,
             self.namespace,
             or_unset(self.stage.as_ref()),
@@ -299,10 +464,21 @@ impl fmt::Display for Config {
             self.hub.url,
             secret(self.hub.secret.is_some()),
             messaging.username,
-            messaging.host,
-            messaging.port,
+            messaging
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            messaging.vhost,
+            messaging.tls,
             messaging.exchange,
+            messaging.queue,
+            messaging.queue_type.as_str(),
             messaging.dead_letter_queue,
+            messaging.prefetch,
+            messaging.max_retries,
+            messaging.retry_delay.as_millis(),
             self.shutdown_timeout.as_secs(),
         )
     }
@@ -328,8 +504,16 @@ struct Env {
     hub_host: Option<String>,
     hub_port: Option<String>,
     secret: Option<String>,
+    messaging_addresses: Option<String>,
     messaging_host: Option<String>,
     messaging_port: Option<String>,
+    messaging_vhost: Option<String>,
+    messaging_tls: Option<String>,
+    messaging_tls_ca_file: Option<String>,
+    messaging_queue_type: Option<String>,
+    messaging_prefetch: Option<String>,
+    messaging_max_retries: Option<String>,
+    messaging_retry_delay_ms: Option<String>,
     messaging_username: Option<String>,
     messaging_password: Option<String>,
     messaging_default_topic: Option<String>,
@@ -547,8 +731,19 @@ mod tests {
             config.hub.url.as_str(),
             "http://hub.acme.svc.cluster.local:8080/"
         );
-        assert_eq!(config.messaging.host, "localhost");
-        assert_eq!(config.messaging.port, 5672);
+        assert_eq!(
+            config.messaging.addresses,
+            [BrokerAddress {
+                host: "localhost".to_owned(),
+                port: 5672
+            }]
+        );
+        assert_eq!(config.messaging.vhost, "/");
+        assert!(!config.messaging.tls);
+        assert_eq!(config.messaging.queue, "pipeforce.service.orders");
+        assert_eq!(config.messaging.queue_type, QueueType::Classic);
+        assert_eq!(config.messaging.prefetch, 200);
+        assert_eq!(config.messaging.max_retries, 3);
         assert_eq!(config.messaging.exchange, "pipeforce.topic.default");
         assert_eq!(config.messaging.dead_letter_queue, "pipeforce_default_dlq");
         assert_eq!(config.shutdown_timeout, Duration::from_secs(25));
@@ -574,7 +769,8 @@ mod tests {
         assert_eq!(config.namespace, "prod");
         assert_eq!(config.http.port, 9000);
         assert_eq!(config.hub.url.as_str(), "https://hub-prod.pipeforce.net/");
-        assert_eq!(config.messaging.host, "rabbit");
+        assert_eq!(config.messaging.addresses[0].host, "rabbit");
+        assert_eq!(config.messaging.queue, "pipeforce.service.billing");
         assert_eq!(config.messaging.exchange, "pipeforce.default.topic");
         assert_eq!(config.messaging.password.expose_secret(), "s3cret");
     }
@@ -599,6 +795,50 @@ mod tests {
         .unwrap();
 
         assert_eq!(config.hub.url.as_str(), "http://hub.local:9999/");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_addresses_with_default_ports() {
+        let config = config(&[
+            ("PIPEFORCE_MESSAGING_ADDRESSES", "rabbit-0:5673, rabbit-1"),
+            ("PIPEFORCE_MESSAGING_TLS", "true"),
+        ])
+        .unwrap();
+
+        let addresses: Vec<String> = config
+            .messaging
+            .addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addresses, ["rabbit-0:5673", "rabbit-1:5671"]);
+    }
+
+    #[test]
+    fn messaging_tuning_values_are_range_checked() {
+        let error = config(&[
+            ("PIPEFORCE_MESSAGING_PREFETCH", "0"),
+            ("PIPEFORCE_MESSAGING_MAX_RETRIES", "101"),
+            ("PIPEFORCE_MESSAGING_QUEUE_TYPE", "stream"),
+            ("PIPEFORCE_MESSAGING_TLS", "maybe"),
+            ("PIPEFORCE_MESSAGING_ADDRESSES", "a:1,:2"),
+            ("PIPEFORCE_MESSAGING_TLS_CA_FILE", "/does/not/exist.pem"),
+        ])
+        .unwrap_err();
+
+        let mut variables = problem_variables(&error);
+        variables.sort_unstable();
+        assert_eq!(
+            variables,
+            [
+                "PIPEFORCE_MESSAGING_ADDRESSES",
+                "PIPEFORCE_MESSAGING_MAX_RETRIES",
+                "PIPEFORCE_MESSAGING_PREFETCH",
+                "PIPEFORCE_MESSAGING_QUEUE_TYPE",
+                "PIPEFORCE_MESSAGING_TLS",
+                "PIPEFORCE_MESSAGING_TLS_CA_FILE",
+            ]
+        );
     }
 
     #[test]

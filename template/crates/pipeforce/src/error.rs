@@ -5,7 +5,7 @@
 
 use std::{fmt, io, net::SocketAddr};
 
-use crate::config::ConfigError;
+use crate::{config::ConfigError, messaging::PublishError};
 
 /// Why the service could not start or had to stop.
 #[derive(thiserror::Error)]
@@ -30,6 +30,14 @@ pub enum Error {
     /// The HTTP server ended although nobody asked it to.
     #[error("the HTTP server stopped unexpectedly")]
     HttpServerStopped,
+
+    /// A message could not be published.
+    #[error("cannot publish")]
+    Publish(#[from] PublishError),
+
+    /// The message consumer ended although nobody asked it to.
+    #[error("the message consumer stopped unexpectedly")]
+    ConsumerStopped,
 }
 
 impl fmt::Debug for Error {

@@ -3,23 +3,33 @@
 //! Liveness (`/health/live`) only says the process runs; Kubernetes restarts it when that fails.
 //! Readiness (`/health/ready`) says the instance can do its job; Kubernetes stops sending it
 //! traffic while it is not. Each part of the service that can be unable to work registers a
-//! named [`Condition`] and flips it; the service is ready when every condition is.
+//! named [`Condition`] and flips it; the service is ready when every condition is. Today that
+//! is `messaging`: up while the service consumes from its queue.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::collections::BTreeMap;
+
+use tokio::sync::watch;
 
 /// The set of readiness conditions of one service. Cheap to clone: clones share the set.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Readiness {
-    conditions: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+    conditions: watch::Sender<BTreeMap<&'static str, bool>>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            conditions: watch::Sender::new(BTreeMap::new()),
+        }
+    }
 }
 
 impl Readiness {
     /// Registers a condition under `name`, not ready until [`Condition::set`] says so.
     pub fn condition(&self, name: &'static str) -> Condition {
-        self.lock().insert(name, false);
+        self.conditions.send_modify(|conditions| {
+            conditions.insert(name, false);
+        });
         Condition {
             name,
             readiness: self.clone(),
@@ -28,17 +38,20 @@ impl Readiness {
 
     /// Every condition with its state, and whether all of them are ready.
     pub fn report(&self) -> (bool, BTreeMap<&'static str, bool>) {
-        let conditions = self.lock().clone();
-        (conditions.values().all(|ready| *ready), conditions)
+        let conditions = self.conditions.borrow().clone();
+        (all_ready(&conditions), conditions)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
-        // A panic while holding this lock cannot leave the map half-written: every critical
-        // section is a single insert or clone.
-        self.conditions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Waits until every condition is ready.
+    pub async fn wait_until_ready(&self) {
+        let mut changes = self.conditions.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = changes.wait_for(all_ready).await;
     }
+}
+
+fn all_ready(conditions: &BTreeMap<&'static str, bool>) -> bool {
+    conditions.values().all(|ready| *ready)
 }
 
 /// One named readiness condition, owned by the part of the service it describes.
@@ -51,7 +64,9 @@ pub struct Condition {
 impl Condition {
     /// Records whether this part of the service can do its work now.
     pub fn set(&self, ready: bool) {
-        self.readiness.lock().insert(self.name, ready);
+        self.readiness
+            .conditions
+            .send_if_modified(|conditions| conditions.insert(self.name, ready) != Some(ready));
     }
 }
 
@@ -81,5 +96,22 @@ mod tests {
 
         messaging.set(false);
         assert!(!readiness.report().0);
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_when_the_last_condition_becomes_ready() {
+        let readiness = Readiness::default();
+        let messaging = readiness.condition("messaging");
+        let waiting = tokio::spawn({
+            let readiness = readiness.clone();
+            async move { readiness.wait_until_ready().await }
+        });
+
+        messaging.set(true);
+
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("readiness was awaited")
+            .unwrap();
     }
 }

@@ -9,6 +9,9 @@
 //! - [`app`]: [`App`], which binds the HTTP listener in `build` and serves until told to stop.
 //! - [`http`]: the routes every service has (health) and JSON problem responses for errors.
 //! - [`health`]: [`Readiness`](health::Readiness), the conditions `/health/ready` reports.
+//! - [`messaging`]: `#[service]`/`#[event]` handlers, the consumer and the [`Publisher`].
+//! - [`services`]: [`Services`], where the service crate registers its services.
+//! - [`testing`]: [`TestBroker`](testing::TestBroker), handlers tested without a broker.
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful shutdown.
 //! - [`telemetry`]: logging through `tracing`, filtered by `RUST_LOG`.
 //! - [`error`]: [`Error`], what can stop the service from starting or running.
@@ -18,9 +21,14 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod messaging;
+pub mod services;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 
 pub use app::App;
 pub use config::{Config, Defaults};
 pub use error::Error;
+pub use messaging::{Context, HandlerError, Publisher, event, service};
+pub use services::Services;

@@ -1,0 +1,549 @@
+//! Publishing events and sending requests.
+//!
+//! Every publish goes to the topic exchange as persistent JSON and waits for the broker's
+//! publisher confirm: `Ok` means RabbitMQ has taken responsibility for the message. A request
+//! uses RabbitMQ's direct reply-to: the reply comes back on the channel that sent the request,
+//! matched by correlation id.
+//!
+//! The [`Publisher`] is a handle that outlives connections: it opens its channel on whatever
+//! connection the consumer side currently holds, and waits a bounded time for one while the
+//! service reconnects. In unit tests ([`crate::testing`]) it records instead of sending.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, warn};
+
+/// RabbitMQ's pseudo-queue for direct reply-to.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Publishes events and sends requests to the service's topic exchange. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    exchange: String,
+    app_id: String,
+    transport: Transport,
+}
+
+enum Transport {
+    Broker(BrokerLink),
+    Recording(Recording),
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("exchange", &self.shared.exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a publish failed. The message may not have reached the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The body could not be serialized to JSON.
+    #[error("cannot encode the message as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// No broker connection came up within the wait.
+    #[error("not connected to RabbitMQ (waited {0:?})")]
+    NotConnected(Duration),
+    /// The broker refused the message (negative publisher confirm).
+    #[error("RabbitMQ did not accept the message (publisher confirm was negative)")]
+    Nacked,
+    /// A mandatory message matched no queue.
+    #[error("no queue is bound for routing key {0:?}")]
+    Unroutable(String),
+    /// The channel or connection failed.
+    #[error("RabbitMQ error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Why a request got no usable reply.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Sending the request failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// No reply within the timeout.
+    #[error("no reply to {routing_key:?} within {timeout:?}")]
+    Timeout {
+        /// The request's routing key.
+        routing_key: String,
+        /// How long the request waited.
+        timeout: Duration,
+    },
+    /// The reply was not the JSON the caller expects.
+    #[error("the reply is not the expected JSON: {0}")]
+    Decode(serde_json::Error),
+}
+
+/// A message as the publisher sent it (or, in tests, recorded it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    /// The exchange, `""` for replies and dead letters sent straight to a queue.
+    pub exchange: String,
+    /// The routing key.
+    pub routing_key: String,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The correlation id, set on requests and replies.
+    pub correlation_id: Option<String>,
+}
+
+impl Published {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Publisher {
+    pub(crate) fn for_broker(
+        exchange: &str,
+        app_id: &str,
+        connection: watch::Receiver<Option<Arc<Connection>>>,
+        connect_wait: Duration,
+    ) -> Self {
+        let link = BrokerLink::new(connection, None, connect_wait);
+        Self::with_transport(exchange, app_id, Transport::Broker(link))
+    }
+
+    /// A publisher with a connection of its own, for programs that publish but do not consume
+    /// (scripts, tests). It tries the configured brokers in order and does not reconnect.
+    pub async fn connect(config: &crate::Config) -> Result<Self, PublishError> {
+        let messaging = &config.messaging;
+        let mut last_error = None;
+        for address in &messaging.addresses {
+            match super::consumer::connect(messaging, address, &config.service).await {
+                Ok(connection) => {
+                    let (owner, connection) = watch::channel(Some(Arc::new(connection)));
+                    let link = BrokerLink::new(connection, Some(owner), Duration::from_secs(10));
+                    return Ok(Self::with_transport(
+                        &messaging.exchange,
+                        &config.service,
+                        Transport::Broker(link),
+                    ));
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.map_or(
+            PublishError::NotConnected(Duration::ZERO),
+            PublishError::Amqp,
+        ))
+    }
+
+    pub(crate) fn recording(exchange: &str) -> Self {
+        Self::with_transport(exchange, "test", Transport::Recording(Recording::default()))
+    }
+
+    fn with_transport(exchange: &str, app_id: &str, transport: Transport) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                exchange: exchange.to_owned(),
+                app_id: app_id.to_owned(),
+                transport,
+            }),
+        }
+    }
+
+    /// The topic exchange this publisher sends to.
+    pub fn exchange(&self) -> &str {
+        &self.shared.exchange
+    }
+
+    /// Publishes `body` as JSON with `routing_key` and waits until the broker confirms it.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        routing_key: &str,
+        body: &T,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(body)?;
+        let outgoing = Outgoing {
+            exchange: &self.shared.exchange,
+            routing_key,
+            body: &body,
+            properties: self.properties(),
+            mandatory: false,
+        };
+        self.send(outgoing).await
+    }
+
+    /// Publishes `text` as a plain-text (`text/plain`) message with `routing_key`, confirmed like
+    /// [`Publisher::publish`].
+    pub async fn publish_text(&self, routing_key: &str, text: &str) -> Result<(), PublishError> {
+        let outgoing = Outgoing {
+            exchange: &self.shared.exchange,
+            routing_key,
+            body: text.as_bytes(),
+            properties: self.properties().with_content_type("text/plain".into()),
+            mandatory: false,
+        };
+        self.send(outgoing).await
+    }
+
+    /// Sends `body` as a request with `routing_key` and waits up to `timeout` for the reply,
+    /// which a handler gives by returning a value.
+    pub async fn request<T: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        routing_key: &str,
+        body: &T,
+        timeout: Duration,
+    ) -> Result<R, RequestError> {
+        let body = serde_json::to_vec(body).map_err(PublishError::from)?;
+        let reply = match &self.shared.transport {
+            Transport::Broker(link) => {
+                link.request(&self.shared, routing_key, body, self.properties(), timeout)
+                    .await?
+            }
+            Transport::Recording(recording) => {
+                recording.request(&self.shared.exchange, routing_key, body)
+            }
+        };
+        match reply {
+            Some(reply) => serde_json::from_slice(&reply).map_err(RequestError::Decode),
+            None => Err(RequestError::Timeout {
+                routing_key: routing_key.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Answers a request: `body` goes straight to the requester's reply queue.
+    pub(crate) async fn reply(
+        &self,
+        reply_to: &str,
+        correlation_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let mut properties = self.properties();
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.into());
+        }
+        let outgoing = Outgoing {
+            exchange: "",
+            routing_key: reply_to,
+            body,
+            properties,
+            mandatory: false,
+        };
+        self.send(outgoing).await
+    }
+
+    /// Sends a copy of a message to the dead-letter queue, with why and where it failed in
+    /// headers, and waits for the broker's confirm.
+    pub(crate) async fn dead_letter(
+        &self,
+        queue: &str,
+        message: &super::Message,
+        reason: &str,
+        handler: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let mut headers = message.properties.headers().clone().unwrap_or_default();
+        let mut set = |name: &str, value: &str| {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+        };
+        set("x-pipeforce-error", reason);
+        set("x-pipeforce-service", &self.shared.app_id);
+        set("x-pipeforce-original-exchange", &message.exchange);
+        set("x-pipeforce-original-routing-key", &message.routing_key);
+        if let Some(handler) = handler {
+            set("x-pipeforce-handler", handler);
+        }
+        let properties = message
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let outgoing = Outgoing {
+            exchange: "",
+            routing_key: queue,
+            body: &message.body,
+            properties,
+            mandatory: true,
+        };
+        self.send(outgoing).await
+    }
+
+    /// Everything published so far, in order (a recording publisher's only).
+    pub(crate) fn recorded(&self) -> Vec<Published> {
+        match &self.shared.transport {
+            Transport::Recording(recording) => recording.lock().published.clone(),
+            Transport::Broker(_) => Vec::new(),
+        }
+    }
+
+    /// Makes a recording publisher answer requests matching `pattern` with `reply`.
+    pub(crate) fn answer_requests(&self, pattern: super::Pattern, reply: Vec<u8>) {
+        if let Transport::Recording(recording) = &self.shared.transport {
+            recording.lock().answers.push((pattern, reply));
+        }
+    }
+
+    fn properties(&self) -> BasicProperties {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(uuid::Uuid::new_v4().to_string().into())
+            .with_timestamp(timestamp)
+            .with_app_id(self.shared.app_id.as_str().into())
+    }
+
+    async fn send(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
+        match &self.shared.transport {
+            Transport::Broker(link) => link.send(outgoing).await,
+            Transport::Recording(recording) => {
+                recording.record(&outgoing);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One message on its way out.
+struct Outgoing<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
+    body: &'a [u8],
+    properties: BasicProperties,
+    mandatory: bool,
+}
+
+/// Requests waiting for their reply, by correlation id.
+type PendingReplies = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+
+/// The broker side: a confirm-mode channel on the current connection, opened on demand.
+struct BrokerLink {
+    connection: watch::Receiver<Option<Arc<Connection>>>,
+    /// Set for a publisher with a connection of its own ([`Publisher::connect`]).
+    _own_connection: Option<watch::Sender<Option<Arc<Connection>>>>,
+    connect_wait: Duration,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+    pending: PendingReplies,
+}
+
+impl BrokerLink {
+    fn new(
+        connection: watch::Receiver<Option<Arc<Connection>>>,
+        own_connection: Option<watch::Sender<Option<Arc<Connection>>>>,
+        connect_wait: Duration,
+    ) -> Self {
+        Self {
+            connection,
+            _own_connection: own_connection,
+            connect_wait,
+            channel: tokio::sync::Mutex::new(None),
+            pending: Arc::default(),
+        }
+    }
+
+    /// The publish channel, opened (with its reply consumer) when there is none or it broke.
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut current = self.channel.lock().await;
+        if let Some(channel) = current.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let not_connected = || PublishError::NotConnected(self.connect_wait);
+        let mut updates = self.connection.clone();
+        let connection = tokio::time::timeout(
+            self.connect_wait,
+            updates.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected())),
+        )
+        .await
+        .map_err(|_| not_connected())?
+        .map_err(|_| not_connected())?
+        .clone()
+        .ok_or_else(not_connected)?;
+
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut replies = channel
+            .basic_consume(
+                REPLY_TO.into(),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let pending = Arc::clone(&self.pending);
+        tokio::spawn(async move {
+            while let Some(Ok(reply)) = replies.next().await {
+                let Some(id) = reply.properties.correlation_id() else {
+                    continue;
+                };
+                let waiting = pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(id.as_str());
+                match waiting {
+                    Some(sender) => {
+                        let _ = sender.send(reply.data);
+                    }
+                    None => debug!(correlation_id = %id, "reply for a request that gave up"),
+                }
+            }
+        });
+        *current = Some(channel.clone());
+        Ok(channel)
+    }
+
+    async fn send(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let confirmation = channel
+            .basic_publish(
+                outgoing.exchange.into(),
+                outgoing.routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: outgoing.mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                outgoing.body,
+                outgoing.properties,
+            )
+            .await?
+            .await?;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => {
+                Err(PublishError::Unroutable(outgoing.routing_key.to_owned()))
+            }
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::NotRequested => {
+                warn!("publish channel is not in confirm mode");
+                Ok(())
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        shared: &Shared,
+        routing_key: &str,
+        body: Vec<u8>,
+        properties: BasicProperties,
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>, PublishError> {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let (sender, receiver) = oneshot::channel();
+        let _waiting = PendingGuard::insert(&self.pending, &correlation_id, sender);
+        let properties = properties
+            .with_correlation_id(correlation_id.as_str().into())
+            .with_reply_to(REPLY_TO.into());
+        self.send(Outgoing {
+            exchange: &shared.exchange,
+            routing_key,
+            body: &body,
+            properties,
+            mandatory: true,
+        })
+        .await?;
+        Ok(tokio::time::timeout(timeout, receiver)
+            .await
+            .ok()
+            .and_then(Result::ok))
+    }
+}
+
+/// Removes a request's entry from the pending replies however the request ends.
+struct PendingGuard<'a> {
+    pending: &'a PendingReplies,
+    correlation_id: String,
+}
+
+impl<'a> PendingGuard<'a> {
+    fn insert(
+        pending: &'a PendingReplies,
+        correlation_id: &str,
+        sender: oneshot::Sender<Vec<u8>>,
+    ) -> Self {
+        pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(correlation_id.to_owned(), sender);
+        Self {
+            pending,
+            correlation_id: correlation_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.correlation_id);
+    }
+}
+
+/// The test side: what was published, and canned answers for requests.
+#[derive(Default)]
+struct Recording {
+    state: Mutex<RecordingState>,
+}
+
+#[derive(Default)]
+struct RecordingState {
+    published: Vec<Published>,
+    answers: Vec<(super::Pattern, Vec<u8>)>,
+}
+
+impl Recording {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecordingState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, outgoing: &Outgoing<'_>) {
+        self.lock().published.push(Published {
+            exchange: outgoing.exchange.to_owned(),
+            routing_key: outgoing.routing_key.to_owned(),
+            body: outgoing.body.to_vec(),
+            correlation_id: outgoing
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+        });
+    }
+
+    fn request(&self, exchange: &str, routing_key: &str, body: Vec<u8>) -> Option<Vec<u8>> {
+        let mut state = self.lock();
+        state.published.push(Published {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            body,
+            correlation_id: None,
+        });
+        state
+            .answers
+            .iter()
+            .find(|(pattern, _)| pattern.matches(routing_key))
+            .map(|(_, reply)| reply.clone())
+    }
+}
