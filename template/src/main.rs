@@ -1,11 +1,11 @@
 use pipeforce::{App, Config, shutdown, telemetry};
 
-use {{crate_name}}::DEFAULTS;
+use {{crate_name}}::{DEFAULTS, service};
 
 #[tokio::main]
 async fn main() -> Result<(), pipeforce::Error> {
     let config = Config::from_env(DEFAULTS)?;
     telemetry::init()?;
-    let app = App::build(config).await?;
+    let app = App::build(config, service::register).await?;
     app.run_until_stopped(shutdown::signal()).await
 }

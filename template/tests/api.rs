@@ -1,10 +1,11 @@
-//! The service's HTTP surface, exercised on a real instance bound to a free local port.
+//! The service's HTTP surface, exercised on a real instance bound to a free local port. These
+//! tests need no broker: messaging points at a port where nothing listens.
 
 use pipeforce::{App, Config};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use {{crate_name}}::DEFAULTS;
+use {{crate_name}}::{DEFAULTS, service};
 
 /// A running instance of the service and a client for it.
 struct TestApp {
@@ -19,10 +20,14 @@ impl TestApp {
             [
                 ("PIPEFORCE_HTTP_HOST", "127.0.0.1"),
                 ("PIPEFORCE_HTTP_PORT", "0"),
+                ("PIPEFORCE_MESSAGING_HOST", "127.0.0.1"),
+                ("PIPEFORCE_MESSAGING_PORT", "1"),
             ],
         )
         .expect("test configuration is valid");
-        let app = App::build(config).await.expect("app builds");
+        let app = App::build(config, service::register)
+            .await
+            .expect("app builds");
         let address = format!("http://{}", app.http_addr());
         // The stop trigger never fires: the app ends with the test's runtime.
         tokio::spawn(app.run_until_stopped(std::future::pending()));
@@ -53,15 +58,15 @@ async fn liveness_answers_200() {
 }
 
 #[tokio::test]
-async fn readiness_answers_200_with_its_checks() {
+async fn readiness_answers_503_while_the_broker_is_unreachable() {
     let app = TestApp::spawn().await;
 
     let response = app.get("/health/ready").await;
 
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "UP");
-    assert!(body["checks"].is_object());
+    assert_eq!(body["status"], "DOWN");
+    assert_eq!(body["checks"]["messaging"], "DOWN");
 }
 
 #[tokio::test]
