@@ -16,6 +16,8 @@ use std::{
 
 use tempfile::TempDir;
 
+pub mod amqp;
+
 /// The repository: the parent of this crate.
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

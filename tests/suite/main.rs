@@ -5,8 +5,10 @@
 //! 127.0.0.1:5672; `ci/test` provides both.
 
 mod hooks;
+mod messaging;
 mod project;
 mod render;
+mod routing;
 
 use std::{path::PathBuf, sync::LazyLock};
 

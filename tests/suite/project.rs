@@ -1,4 +1,7 @@
 //! The default render as a project: style, lints, its own tests, and the service binary.
+//!
+//! The processes started here point messaging at a port where nothing listens: these tests
+//! are about start-up, HTTP and shutdown, and must leave nothing on the shared broker.
 
 use std::time::{Duration, Instant};
 
@@ -6,6 +9,9 @@ use nix::sys::signal::Signal;
 use template_tests::{ServiceProcess, run_with_timeout};
 
 use crate::{DEFAULT_BINARY, DEFAULT_RENDER};
+
+/// Messaging pointed at a port where nothing listens.
+const NO_BROKER: &[(&str, &str)] = &[("PIPEFORCE_MESSAGING_PORT", "1")];
 
 #[test]
 fn the_rendered_project_is_formatted() {
@@ -41,7 +47,7 @@ fn the_rendered_project_passes_its_own_tests() {
 
 #[tokio::test]
 async fn the_service_starts_answers_liveness_and_stops_cleanly_on_sigterm() {
-    let mut service = ServiceProcess::start(&DEFAULT_BINARY, &[]);
+    let mut service = ServiceProcess::start(&DEFAULT_BINARY, NO_BROKER);
     service
         .wait_for_status("/health/live", 200, Duration::from_secs(30))
         .await;
@@ -59,7 +65,7 @@ async fn the_service_starts_answers_liveness_and_stops_cleanly_on_sigterm() {
 
 #[tokio::test]
 async fn the_service_stops_cleanly_on_sigint() {
-    let mut service = ServiceProcess::start(&DEFAULT_BINARY, &[]);
+    let mut service = ServiceProcess::start(&DEFAULT_BINARY, NO_BROKER);
     service
         .wait_for_status("/health/live", 200, Duration::from_secs(30))
         .await;
@@ -119,6 +125,7 @@ async fn the_effective_configuration_is_logged_with_secrets_masked() {
     let mut service = ServiceProcess::start(
         &DEFAULT_BINARY,
         &[
+            ("PIPEFORCE_MESSAGING_PORT", "1"),
             ("PIPEFORCE_MESSAGING_PASSWORD", "hunter2-password"),
             ("PIPEFORCE_SECRET", "Bearer hunter2-token"),
         ],

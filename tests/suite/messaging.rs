@@ -1,0 +1,505 @@
+//! The messaging runtime of a rendered service, against the real RabbitMQ.
+//!
+//! One render (`courier`) gets the probe handlers of `tests/fixtures/probe.rs`, which record
+//! each run in a log file; every test starts its own processes of that binary on queue,
+//! exchange and dead-letter queue names of its own.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+use template_tests::{
+    Render, Rendered, ServiceProcess,
+    amqp::{Broker, Names, close_connections_named, total_messages},
+    repo_root,
+};
+
+/// The render with the probe handlers, and its binary.
+static PROBE_SERVICE: LazyLock<(Rendered, PathBuf)> = LazyLock::new(|| {
+    let rendered = Render::new("courier")
+        .run()
+        .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
+    std::fs::copy(
+        repo_root().join("tests/fixtures/probe.rs"),
+        rendered.dir.join("src/service/probe.rs"),
+    )
+    .unwrap();
+    let registry = rendered.dir.join("src/service/mod.rs");
+    let original = std::fs::read_to_string(&registry).unwrap();
+    let patched = original
+        .replace("mod hello;", "mod hello;\nmod probe;")
+        .replace(
+            "services.add(HelloService::default());",
+            "services.add(HelloService::default());\n    services.add(probe::ProbeService);",
+        );
+    assert_ne!(
+        original, patched,
+        "src/service/mod.rs changed shape; update this test"
+    );
+    std::fs::write(&registry, patched).unwrap();
+    rendered
+        .cargo(&["build", "--locked"])
+        .assert_success("cargo build of the probe render");
+    let binary = rendered.debug_binary();
+    (rendered, binary)
+});
+
+/// The lines the probe handlers recorded.
+struct ProbeLog {
+    file: tempfile::NamedTempFile,
+}
+
+impl ProbeLog {
+    fn new() -> Self {
+        Self {
+            file: tempfile::NamedTempFile::new().unwrap(),
+        }
+    }
+
+    fn path(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.file.path())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How often each line was recorded.
+    fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for line in self.lines() {
+            *counts.entry(line).or_default() += 1;
+        }
+        counts
+    }
+
+    async fn wait_for(&self, what: &str, done: impl Fn(&[String]) -> bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines();
+            if done(&lines) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; recorded: {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One test's names, log and broker connection; `start` runs another service process.
+struct Scenario {
+    names: Names,
+    log: ProbeLog,
+    broker: Broker,
+    extra_env: Vec<(&'static str, String)>,
+}
+
+impl Scenario {
+    async fn new(extra_env: &[(&'static str, &str)]) -> Self {
+        Self {
+            names: Names::unique(),
+            log: ProbeLog::new(),
+            broker: Broker::connect().await,
+            extra_env: extra_env
+                .iter()
+                .map(|(key, value)| (*key, (*value).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Starts a service process and waits until it consumes.
+    async fn start(&self) -> ServiceProcess {
+        let mut env = self.names.env();
+        env.push(("PROBE_LOG", self.log.path()));
+        env.push(("PIPEFORCE_MESSAGING_RETRY_DELAY_MS", "10".to_owned()));
+        env.extend(self.extra_env.iter().cloned());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+        service
+            .wait_for_status("/health/ready", 200, Duration::from_secs(30))
+            .await;
+        service
+    }
+
+    async fn publish(&self, routing_key: &str, body: serde_json::Value) {
+        self.broker
+            .publish_json(&self.names.exchange, routing_key, &body)
+            .await;
+    }
+
+    /// Waits until the service queue holds nothing, ready or unacked.
+    async fn wait_until_queue_is_empty(&self) {
+        let queue = self.names.queue();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while total_messages(&queue) != Some(0) {
+            assert!(Instant::now() < deadline, "{queue} did not empty");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Removes the test's queues and exchange even when the test fails half-way.
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let names = self.names.clone();
+        // Drop cannot await, and may run inside the test's runtime: use a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async { Broker::connect().await.delete(&names).await });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+#[tokio::test]
+async fn a_message_is_acked_only_after_its_handler_succeeded() {
+    let scenario = Scenario::new(&[]).await;
+    let mut first = scenario.start().await;
+    scenario
+        .publish("probe.ok.slow", json!({ "id": "slow-1", "sleep_ms": 3000 }))
+        .await;
+    // Delivered (no longer ready) but the handler still sleeps: kill the process hard.
+    let queue = scenario.names.queue();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scenario.broker.ready_count(&queue).await != 0 {
+        assert!(Instant::now() < deadline, "never delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.signal(Signal::SIGKILL);
+    first.wait_for_exit(Duration::from_secs(5)).await;
+    assert!(
+        scenario.log.lines().is_empty(),
+        "the handler had not finished"
+    );
+
+    let _second = scenario.start().await;
+
+    scenario
+        .log
+        .wait_for(
+            "the redelivered message is handled",
+            |lines| lines == ["ok slow-1"],
+            Duration::from_secs(15),
+        )
+        .await;
+    scenario.wait_until_queue_is_empty().await;
+}
+
+#[tokio::test]
+async fn a_failing_handler_is_retried_then_dead_lettered_with_the_reason() {
+    let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "2")]).await;
+    let _service = scenario.start().await;
+
+    scenario.publish("probe.fail", json!({ "id": "f-1" })).await;
+
+    scenario.wait_until_queue_is_empty().await;
+    let dead = wait_for_dead_letters(&scenario, 1).await;
+    assert_eq!(scenario.log.lines(), ["fail f-1", "fail f-1", "fail f-1"]);
+    assert_eq!(
+        dead[0].header("x-pipeforce-error").as_deref(),
+        Some("ProbeService::fail failed after 3 attempts: probe failure")
+    );
+    assert_eq!(
+        dead[0].header("x-pipeforce-handler").as_deref(),
+        Some("ProbeService::fail")
+    );
+    assert_eq!(
+        dead[0]
+            .header("x-pipeforce-original-routing-key")
+            .as_deref(),
+        Some("probe.fail")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&dead[0].body).unwrap();
+    assert_eq!(body["id"], "f-1", "the dead letter keeps the body");
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_decode_is_dead_lettered_at_once() {
+    let scenario = Scenario::new(&[]).await;
+    let _service = scenario.start().await;
+
+    scenario
+        .broker
+        .publish(
+            &scenario.names.exchange,
+            "probe.fail",
+            b"{not json",
+            Default::default(),
+        )
+        .await;
+
+    let dead = wait_for_dead_letters(&scenario, 1).await;
+    let reason = dead[0].header("x-pipeforce-error").unwrap();
+    assert!(reason.starts_with("cannot decode the body"), "{reason}");
+    assert!(scenario.log.lines().is_empty(), "the handler never ran");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_treated_like_a_failing_one() {
+    let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "1")]).await;
+    let service = scenario.start().await;
+
+    scenario
+        .publish("probe.panic", json!({ "id": "p-1" }))
+        .await;
+    let dead = wait_for_dead_letters(&scenario, 1).await;
+    // The service lives on and keeps handling messages.
+    scenario
+        .publish("probe.ok.after", json!({ "id": "after" }))
+        .await;
+    scenario
+        .log
+        .wait_for(
+            "the next message is handled",
+            |lines| lines.iter().any(|line| line == "ok after"),
+            Duration::from_secs(10),
+        )
+        .await;
+
+    let reason = dead[0].header("x-pipeforce-error").unwrap();
+    assert!(
+        reason.contains("after 2 attempts: the handler panicked: probe panic"),
+        "{reason}"
+    );
+    assert_eq!(scenario.log.counts()["panic p-1"], 2);
+    assert!(
+        reqwest::get(format!("{}/health/live", service.http))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_message_matching_two_handlers_runs_each_once_and_is_settled_once() {
+    let scenario = Scenario::new(&[]).await;
+    let _service = scenario.start().await;
+
+    scenario
+        .publish("probe.multi.x", json!({ "id": "m-1" }))
+        .await;
+
+    scenario
+        .log
+        .wait_for(
+            "both handlers ran",
+            |lines| lines.len() == 2,
+            Duration::from_secs(10),
+        )
+        .await;
+    scenario.wait_until_queue_is_empty().await;
+    let counts = scenario.log.counts();
+    assert_eq!(counts.get("multi-one m-1"), Some(&1));
+    assert_eq!(counts.get("multi-many m-1"), Some(&1));
+    assert_eq!(
+        scenario
+            .broker
+            .ready_count(&scenario.names.dead_letter_queue)
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_reestablished_and_no_message_is_lost() {
+    let scenario = Scenario::new(&[]).await;
+    let mut service = scenario.start().await;
+    const COUNT: usize = 400;
+
+    for i in 0..COUNT / 2 {
+        scenario
+            .publish(
+                "probe.ok.n",
+                json!({ "id": format!("n-{i}"), "sleep_ms": 5 }),
+            )
+            .await;
+    }
+    let closed = close_connections_named(&scenario.names.service);
+    assert!(closed >= 1, "the service's connection was found and closed");
+    service
+        .wait_for_status("/health/ready", 503, Duration::from_secs(5))
+        .await;
+    for i in COUNT / 2..COUNT {
+        scenario
+            .publish(
+                "probe.ok.n",
+                json!({ "id": format!("n-{i}"), "sleep_ms": 5 }),
+            )
+            .await;
+    }
+    service
+        .wait_for_status("/health/ready", 200, Duration::from_secs(30))
+        .await;
+
+    scenario
+        .log
+        .wait_for(
+            "every message is handled",
+            |lines| lines.iter().collect::<BTreeSet<_>>().len() == COUNT,
+            Duration::from_secs(60),
+        )
+        .await;
+    scenario.wait_until_queue_is_empty().await;
+    let handled: BTreeSet<String> = scenario.log.lines().into_iter().collect();
+    let expected: BTreeSet<String> = (0..COUNT).map(|i| format!("ok n-{i}")).collect();
+    assert_eq!(handled, expected);
+    assert_eq!(
+        scenario
+            .broker
+            .ready_count(&scenario.names.dead_letter_queue)
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_handlers_finish_and_loses_nothing() {
+    let scenario = Scenario::new(&[]).await;
+    let mut service = scenario.start().await;
+    const COUNT: usize = 40;
+    for i in 0..COUNT {
+        scenario
+            .publish(
+                "probe.ok.t",
+                json!({ "id": format!("t-{i}"), "sleep_ms": 800 }),
+            )
+            .await;
+    }
+    let queue = scenario.names.queue();
+    while scenario.broker.ready_count(&queue).await != 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    service.signal(Signal::SIGTERM);
+    let status = service.wait_for_exit(Duration::from_secs(10)).await;
+
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", service.logs());
+    let handled = scenario.log.lines().len();
+    let left = total_messages(&queue).unwrap() as usize;
+    assert_eq!(handled, COUNT, "every in-flight handler finished");
+    assert_eq!(left, 0, "and every one was acked before exit");
+}
+
+#[tokio::test]
+async fn sigterm_does_not_wait_past_the_timeout_and_the_message_stays_queued() {
+    let scenario = Scenario::new(&[("PIPEFORCE_SHUTDOWN_TIMEOUT_SECS", "1")]).await;
+    let mut service = scenario.start().await;
+    scenario
+        .publish("probe.ok.long", json!({ "id": "long", "sleep_ms": 20000 }))
+        .await;
+    let queue = scenario.names.queue();
+    while scenario.broker.ready_count(&queue).await != 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    service.signal(Signal::SIGTERM);
+    let asked = Instant::now();
+    let status = service.wait_for_exit(Duration::from_secs(10)).await;
+
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", service.logs());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(scenario.log.lines().is_empty());
+    assert_eq!(
+        scenario.broker.ready_count(&queue).await,
+        1,
+        "back in the queue"
+    );
+}
+
+#[tokio::test]
+async fn a_request_gets_its_reply_and_an_unanswered_one_times_out() {
+    let scenario = Scenario::new(&[]).await;
+    let _service = scenario.start().await;
+
+    // From outside: the example greeting answers requests.
+    let reply = scenario
+        .broker
+        .request(
+            &scenario.names.exchange,
+            "courier.greeting",
+            &json!({ "name": "Ada" }),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a reply");
+    assert_eq!(reply["text"], "Hello, Ada!");
+
+    // From inside a handler, through the service's own publisher.
+    scenario.publish("probe.ask", json!({ "id": "q-1" })).await;
+    scenario
+        .log
+        .wait_for(
+            "both requests finished",
+            |lines| lines.len() >= 3,
+            Duration::from_secs(15),
+        )
+        .await;
+    let lines = scenario.log.lines();
+    assert!(
+        lines.contains(&"ask-reply Hello, q-1!".to_owned()),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"ask-timeout q-1".to_owned()), "{lines:?}");
+}
+
+async fn wait_for_dead_letters(
+    scenario: &Scenario,
+    count: usize,
+) -> Vec<template_tests::amqp::DeadLetter> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut dead = Vec::new();
+    while dead.len() < count {
+        assert!(Instant::now() < deadline, "got {} dead letters", dead.len());
+        dead.extend(
+            scenario
+                .broker
+                .take_all(&scenario.names.dead_letter_queue)
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    dead
+}
+
+#[test]
+fn a_malformed_pattern_is_a_compile_error_naming_the_pattern_and_the_rule() {
+    let rendered = Render::new("broken")
+        .run()
+        .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
+    let hello = rendered.dir.join("src/service/hello.rs");
+    let source = std::fs::read_to_string(&hello).unwrap();
+    let broken = source.replace(
+        "#[event(\"pipeforce.webhook.foo.*\")]",
+        "#[event(\"pipeforce..webhook\", \"pipeforce.web*\")]",
+    );
+    assert_ne!(source, broken, "hello.rs changed shape; update this test");
+    std::fs::write(&hello, broken).unwrap();
+
+    let output = rendered.cargo(&["check", "--locked", "--message-format", "short"]);
+
+    assert!(!output.status.success(), "a malformed pattern compiled");
+    let errors = &output.stderr;
+    assert!(
+        errors.contains(r#"invalid routing-key pattern "pipeforce..webhook": words are separated by single dots"#),
+        "{errors}"
+    );
+    assert!(errors.contains("src/service/hello.rs"), "{errors}");
+}
