@@ -503,3 +503,29 @@ fn a_malformed_pattern_is_a_compile_error_naming_the_pattern_and_the_rule() {
     );
     assert!(errors.contains("src/service/hello.rs"), "{errors}");
 }
+
+#[tokio::test]
+async fn a_quorum_queue_is_used_when_configured() {
+    let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_QUEUE_TYPE", "quorum")]).await;
+    let _service = scenario.start().await;
+
+    scenario.publish("probe.ok.q", json!({ "id": "q-1" })).await;
+
+    scenario
+        .log
+        .wait_for("handled", |lines| lines == ["ok q-1"], Duration::from_secs(10))
+        .await;
+    let output = template_tests::run(std::process::Command::new("rabbitmqctl").args([
+        "--silent",
+        "list_queues",
+        "name",
+        "type",
+    ]));
+    let queue = scenario.names.queue();
+    let line = output
+        .stdout
+        .lines()
+        .find(|line| line.starts_with(&format!("{queue}\t")))
+        .unwrap_or_else(|| panic!("{queue} is listed:\n{}", output.stdout));
+    assert!(line.ends_with("quorum"), "{line}");
+}
