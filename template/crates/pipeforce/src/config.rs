@@ -79,8 +79,61 @@ pub struct HubConfig {
     /// set (port default 8080); else the in-cluster address
     /// `http://hub.<namespace>.svc.cluster.local:8080`.
     pub url: Url,
-    /// `PIPEFORCE_SECRET`: the credentials for the hub (`Basic`, `Bearer` or `Apitoken`).
-    pub secret: Option<SecretString>,
+    /// `PIPEFORCE_SECRET`: the credentials for the hub, if any.
+    pub auth: Option<HubAuth>,
+    /// `PIPEFORCE_HUB_TIMEOUT_SECS`: how long one hub call may take (1 to 3600, default 30).
+    pub timeout: Duration,
+}
+
+/// Credentials for the hub, parsed from `PIPEFORCE_SECRET`.
+#[derive(Debug, Clone)]
+pub enum HubAuth {
+    /// `Basic <user>:<password>` (or the same base64-encoded, as in an `Authorization` header).
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: SecretString,
+    },
+    /// `Bearer <token>`, or `Apitoken <token>` (PIPEFORCE sends API tokens as bearer tokens).
+    Bearer(SecretString),
+}
+
+impl HubAuth {
+    /// Parses `<scheme> <credentials>`; the scheme is case-insensitive. The error never holds
+    /// the value: it is a secret.
+    fn parse(secret: &str) -> Result<Self, &'static str> {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+
+        const EXPECTED: &str = "`Basic <user>:<password>`, `Bearer <token>` or `Apitoken <token>`";
+        let (scheme, credentials) = secret.trim().split_once(' ').ok_or(EXPECTED)?;
+        let credentials = credentials.trim();
+        if credentials.is_empty() {
+            return Err(EXPECTED);
+        }
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => {
+                let plain = if credentials.contains(':') {
+                    credentials.to_owned()
+                } else {
+                    STANDARD
+                        .decode(credentials)
+                        .ok()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                        .ok_or(EXPECTED)?
+                };
+                match plain.split_once(':') {
+                    Some((username, password)) if !username.is_empty() => Ok(Self::Basic {
+                        username: username.to_owned(),
+                        password: SecretString::from(password.to_owned()),
+                    }),
+                    _ => Err(EXPECTED),
+                }
+            }
+            "bearer" | "apitoken" => Ok(Self::Bearer(SecretString::from(credentials.to_owned()))),
+            _ => Err(EXPECTED),
+        }
+    }
 }
 
 /// Where RabbitMQ is, and how the service consumes from it.
@@ -247,9 +300,23 @@ impl Config {
             },
             (None, None) => in_cluster_hub_url(&namespace),
         };
+        let auth = optional(env.secret).and_then(|secret| match HubAuth::parse(&secret) {
+            Ok(auth) => Some(auth),
+            Err(expected) => {
+                check.report("PIPEFORCE_SECRET", expected, Found::Hidden);
+                None
+            }
+        });
         let hub = HubConfig {
             url: hub_url,
-            secret: optional(env.secret).map(SecretString::from),
+            auth,
+            timeout: check.parse_with(
+                "PIPEFORCE_HUB_TIMEOUT_SECS",
+                env.hub_timeout_secs,
+                Duration::from_secs(30),
+                "a whole number of seconds from 1 to 3600",
+                seconds_1_to_3600,
+            ),
         };
 
         let tls = check.parse_with(
@@ -434,6 +501,13 @@ fn broker_addresses(list: &str, default_port: u16) -> Option<Vec<BrokerAddress>>
         .collect()
 }
 
+fn seconds_1_to_3600(value: &str) -> Option<Duration> {
+    let secs: u64 = value.parse().ok()?;
+    (1..=3600)
+        .contains(&secs)
+        .then(|| Duration::from_secs(secs))
+}
+
 const PORT: &str = "a port number from 1 to 65535";
 
 fn port(value: &str) -> Option<u16> {
@@ -446,7 +520,6 @@ impl fmt::Display for Config {
         fn or_unset(value: Option<&impl fmt::Display>) -> String {
             value.map_or_else(|| "(unset)".to_owned(), ToString::to_string)
         }
-        let secret = |set: bool| if set { "***" } else { "(unset)" };
         let messaging = &self.messaging;
         write!(
             f,
@@ -462,7 +535,11 @@ impl fmt::Display for Config {
             self.http.host,
             self.http.port,
             self.hub.url,
-            secret(self.hub.secret.is_some()),
+            match &self.hub.auth {
+                None => "(unset)",
+                Some(HubAuth::Basic { .. }) => "Basic ***",
+                Some(HubAuth::Bearer(_)) => "Bearer ***",
+            },
             messaging.username,
             messaging
                 .addresses
@@ -503,6 +580,7 @@ struct Env {
     hub_url: Option<String>,
     hub_host: Option<String>,
     hub_port: Option<String>,
+    hub_timeout_secs: Option<String>,
     secret: Option<String>,
     messaging_addresses: Option<String>,
     messaging_host: Option<String>,
@@ -683,17 +761,19 @@ impl fmt::Display for Problem {
             Found::Empty => f.write_str("got an empty value"),
             Found::NotUtf8 => f.write_str("got bytes that are not UTF-8"),
             Found::Unreadable => f.write_str("could not read the environment"),
+            Found::Hidden => f.write_str("got something else (the value is secret, not shown)"),
         }
     }
 }
 
-/// What a bad variable held. Secrets are only ever reported as `Empty` or `NotUtf8`.
+/// What a bad variable held. Secrets are only ever reported as `Empty`, `NotUtf8` or `Hidden`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Found {
     Value(String),
     Empty,
     NotUtf8,
     Unreadable,
+    Hidden,
 }
 
 #[cfg(test)]
@@ -842,6 +922,55 @@ mod tests {
     }
 
     #[test]
+    fn the_hub_secret_is_parsed_in_each_documented_form() {
+        let auth = |secret: &str| {
+            config(&[("PIPEFORCE_SECRET", secret)])
+                .map(|config| config.hub.auth)
+                .map_err(|error| error.to_string())
+        };
+        use secrecy::ExposeSecret;
+
+        match auth("Basic ada:s3cr:et").unwrap() {
+            Some(HubAuth::Basic { username, password }) => {
+                assert_eq!(username, "ada");
+                assert_eq!(password.expose_secret(), "s3cr:et");
+            }
+            other => panic!("{other:?}"),
+        }
+        // base64 of "ada:pw", as in an Authorization header
+        assert!(matches!(
+            auth("basic YWRhOnB3"),
+            Ok(Some(HubAuth::Basic { username, .. })) if username == "ada"
+        ));
+        assert!(matches!(
+            auth("Bearer t0ken"),
+            Ok(Some(HubAuth::Bearer(token))) if token.expose_secret() == "t0ken"
+        ));
+        assert!(matches!(
+            auth("Apitoken t0ken"),
+            Ok(Some(HubAuth::Bearer(token))) if token.expose_secret() == "t0ken"
+        ));
+
+        let malformed = [
+            ("t0ken-without-scheme", "t0ken-without-scheme"),
+            ("Digest abc123secret", "abc123secret"),
+            ("Bearer ", "Bearer  "),
+            ("Basic nocolon!", "nocolon!"),
+        ];
+        for (secret, secret_part) in malformed {
+            let error = auth(secret).unwrap_err();
+            assert!(
+                error.contains("PIPEFORCE_SECRET: expected `Basic"),
+                "{error}"
+            );
+            assert!(
+                !error.contains(secret_part),
+                "the secret is not echoed: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn every_bad_variable_is_reported_at_once() {
         let error = config(&[
             ("PIPEFORCE_HTTP_PORT", "abc"),
@@ -907,7 +1036,7 @@ mod tests {
         assert!(!debug.contains("hunter2"), "{debug}");
         let display = config.to_string();
         assert!(!display.contains("hunter2"), "{display}");
-        assert!(display.contains("hub_secret=***"), "{display}");
+        assert!(display.contains("hub_secret=Bearer ***"), "{display}");
 
         let error = config_error_for_empty_password();
         assert!(!error.to_string().contains("hunter2"));
