@@ -1,0 +1,991 @@
+//! The hub client and the `deploy` command of a rendered project, against a fake hub.
+//!
+//! The hub is the one part of PIPEFORCE the suite may fake: every test starts a wiremock
+//! server that follows the contract of `PIPEFORCE.md` and checks each call (method, path,
+//! `Authorization`, `Content-Type`, body). One render (`hubsvc`, own registry and port) is
+//! built once with its `deploy` binary and a probe example that this file adds to it
+//! ([`PROBE`]), which drives the parts of `pipeforce::hub` that `deploy` does not use. Both run
+//! as processes, like a user runs them.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::LazyLock,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use template_tests::{Output, Render, Rendered, free_port, shared_target_dir};
+use wiremock::{
+    Mock, MockServer, Request, ResponseTemplate,
+    matchers::{body_json, body_partial_json, body_string, header, method, path, query_param},
+};
+
+/// The image the render deploys: `<registry>/<service>`.
+const IMAGE: &str = "registry.example.com/team/hubsvc";
+
+/// The render's HTTP port (not the default, so the test sees the answer reach `deploy`).
+const HTTP_PORT: u16 = 9091;
+
+/// The credentials most tests use.
+const TOKEN: &str = "suite-token-7f3a9c";
+
+/// An example program added to the render: calls `pipeforce::hub::HubClient` as its
+/// arguments say, prints the answer (`status=`, `content-type=`, `body=`) or `error: ...`.
+const PROBE: &str = r#"//! Calls the hub client as the command line says, for the template's suite:
+//! `hub_probe [--retries N] [--retry-delay-ms MS] OPERATION ARGS...`.
+
+use std::{process::ExitCode, time::Duration};
+
+use pipeforce::{
+    Config, HubClient, HubError,
+    hub::{HubResponse, Pipeline, Value},
+    telemetry,
+};
+
+use hubsvc::DEFAULTS;
+
+/// The typed answer `typed` decodes.
+#[derive(Debug, serde::Deserialize)]
+#[allow(dead_code)]
+struct Answer {
+    id: u64,
+    ok: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env(DEFAULTS) {
+        Ok(config) => config,
+        Err(error) => return fail(error),
+    };
+    let _telemetry = match telemetry::init(&config) {
+        Ok(telemetry) => telemetry,
+        Err(error) => return fail(error),
+    };
+    let mut client = match HubClient::new(&config.hub) {
+        Ok(client) => client,
+        Err(error) => return fail(error),
+    };
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    while args.len() >= 2 && args[0].starts_with("--") {
+        let (flag, value) = (args.remove(0), args.remove(0));
+        let number: u32 = value.parse().unwrap_or(0);
+        client = match flag.as_str() {
+            "--retries" => client.with_retries(number),
+            "--retry-delay-ms" => client.with_retry_delay(Duration::from_millis(number.into())),
+            _ => return fail(format!("unknown option {flag}")),
+        };
+    }
+    let json = |text: &str| text.parse::<Value>().unwrap_or(Value::Null);
+    let arg = |index: usize| args.get(index).cloned().unwrap_or_default();
+    let result: Result<String, HubError> = match arg(0).as_str() {
+        "debug" => Ok(format!("{client:?}")),
+        "yaml" => client.run_pipeline_yaml(&arg(1)).await.map(shown),
+        "pipeline" => {
+            let mut pipeline = Pipeline::new();
+            for step in args[1..].chunks(2) {
+                let params = json(step.get(1).map_or("{}", String::as_str));
+                pipeline = pipeline.command(&step[0], params);
+            }
+            client.run_pipeline(&pipeline).await.map(shown)
+        }
+        "command" => client.run_command(&arg(1), &json(&arg(2))).await.map(shown),
+        "typed" => client
+            .run_command(&arg(1), &json(&arg(2)))
+            .await
+            .and_then(|answer| answer.json::<Answer>())
+            .map(|answer| format!("{answer:?}")),
+        "get" => {
+            let query: Vec<(String, String)> = args[2..]
+                .iter()
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .collect();
+            client.get_command(&arg(1), &query).await.map(shown)
+        }
+        other => return fail(format!("unknown operation {other:?}")),
+    };
+    match result {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(error),
+    }
+}
+
+fn shown(answer: HubResponse) -> String {
+    format!(
+        "status={}\ncontent-type={}\nbody={}",
+        answer.status().as_u16(),
+        answer.content_type().unwrap_or("-"),
+        answer.text()
+    )
+}
+
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::FAILURE
+}
+"#;
+
+/// The render, and its `deploy` and probe binaries, built once.
+struct HubProject {
+    deploy: PathBuf,
+    probe: PathBuf,
+    _rendered: Rendered,
+}
+
+static HUB_PROJECT: LazyLock<HubProject> = LazyLock::new(|| {
+    let rendered = Render::new("hubsvc")
+        .define("registry", "registry.example.com/team")
+        .define("http_port", &HTTP_PORT.to_string())
+        .run()
+        .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
+    std::fs::write(rendered.dir.join("examples/hub_probe.rs"), PROBE).unwrap();
+
+    // Every render's `deploy` lands on the same path of the shared target dir, and the other
+    // renders of the suite build theirs at the same time: keep a link to this one's (in a
+    // folder of the target dir, replaced by the next run), checked by what it says it
+    // deploys, and build again if another build replaced it meanwhile.
+    let bins = shared_target_dir().join("hub-suite");
+    std::fs::create_dir_all(&bins).unwrap();
+    let built = |relative: &str| shared_target_dir().join("debug").join(relative);
+    let (deploy, probe) = (bins.join("deploy"), bins.join("hub_probe"));
+    for attempt in 1.. {
+        rendered
+            .cargo(&[
+                "build",
+                "--locked",
+                "--bin",
+                "deploy",
+                "--example",
+                "hub_probe",
+            ])
+            .assert_success("cargo build of deploy and hub_probe");
+        for (from, to) in [
+            (built("deploy"), &deploy),
+            (built("examples/hub_probe"), &probe),
+        ] {
+            let _ = std::fs::remove_file(to);
+            std::fs::hard_link(&from, to)
+                .or_else(|_| std::fs::copy(&from, to).map(|_| ()))
+                .unwrap_or_else(|e| panic!("keep {}: {e}", from.display()));
+        }
+        let help = std::process::Command::new(&deploy)
+            .arg("--help")
+            .output()
+            .expect("deploy --help runs");
+        if String::from_utf8_lossy(&help.stdout).contains(IMAGE) {
+            break;
+        }
+        assert!(attempt < 5, "another render's deploy kept replacing ours");
+    }
+    HubProject {
+        deploy,
+        probe,
+        _rendered: rendered,
+    }
+});
+
+/// One run of `deploy` or the probe, with the environment of a service talking to `hub`.
+struct Run {
+    command: tokio::process::Command,
+}
+
+impl Run {
+    fn deploy(hub: &str) -> Self {
+        Self::new(&HUB_PROJECT.deploy, hub)
+    }
+
+    fn probe(hub: &str) -> Self {
+        Self::new(&HUB_PROJECT.probe, hub)
+    }
+
+    fn new(program: &Path, hub: &str) -> Self {
+        let mut command = tokio::process::Command::new(program);
+        command
+            .env("PIPEFORCE_HUB_URL", hub)
+            .env("PIPEFORCE_SECRET", format!("Bearer {TOKEN}"))
+            .env("PIPEFORCE_SERVICE", "hubsvc")
+            .env("PIPEFORCE_NAMESPACE", "acme")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("IMAGE_TAG")
+            .env_remove("PIPEFORCE_HUB_TIMEOUT_SECS")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        Self { command }
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
+        self
+    }
+
+    /// Runs with `args` and waits for the exit (at most 30 s).
+    async fn args(mut self, args: &[&str]) -> Output {
+        let output =
+            tokio::time::timeout(Duration::from_secs(30), self.command.args(args).output())
+                .await
+                .unwrap_or_else(|_| panic!("{:?} did not finish within 30 s", self.command))
+                .expect("the program runs");
+        Output {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// The retries the hub client logged.
+fn retries_logged(output: &Output) -> usize {
+    output
+        .stderr
+        .lines()
+        .filter(|line| line.contains("retrying"))
+        .count()
+}
+
+/// Asserts that nothing the program printed holds `secret`.
+fn assert_not_shown(output: &Output, secret: &str) {
+    assert!(
+        !output.stdout.contains(secret) && !output.stderr.contains(secret),
+        "the secret was printed: {output:?}"
+    );
+}
+
+fn json_body(request: &Request) -> Value {
+    serde_json::from_slice(&request.body).expect("a JSON body")
+}
+
+/// The requests the hub received for `command`.
+async fn calls_of(hub: &MockServer, command: &str) -> Vec<Request> {
+    let wanted = format!("/api/v3/command:{command}");
+    hub.received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|request| request.url.path() == wanted)
+        .collect()
+}
+
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy service
+
+#[tokio::test]
+async fn deploy_service_starts_the_service_with_name_image_port_ingress_replicas_and_env() {
+    // Arrange
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({
+            "name": "hubsvc",
+            "image": format!("{IMAGE}:v1.2.3"),
+            "port": HTTP_PORT,
+            "ingress": "hubsvc",
+            "replicas": 3,
+            "env": { "FEATURE": "on", "DB_PASSWORD": "pa=ss" },
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "status": "deployed" })))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    // Act
+    let output = Run::deploy(&hub.uri())
+        .args(&[
+            "service",
+            "--tag",
+            "v1.2.3",
+            "--replicas=3",
+            "--env",
+            "FEATURE=on",
+            "--env",
+            "DB_PASSWORD=pa=ss",
+        ])
+        .await;
+
+    // Assert
+    output.assert_success("deploy service");
+    assert!(output.stdout.contains("deployed"), "{output:?}");
+    assert!(
+        output.stdout.contains(&format!("{IMAGE}:v1.2.3")),
+        "{output:?}"
+    );
+    assert!(
+        output
+            .stdout
+            .contains("DB_PASSWORD, FEATURE (values not shown)"),
+        "{output:?}"
+    );
+    assert_not_shown(&output, "pa=ss");
+    assert_not_shown(&output, TOKEN);
+}
+
+#[tokio::test]
+async fn deploy_service_takes_the_tag_from_image_tag_else_latest() {
+    let hub = MockServer::start().await;
+    for tag in ["sha-5e1f00d", "latest"] {
+        Mock::given(method("POST"))
+            .and(path("/api/v3/command:service.start"))
+            .and(body_partial_json(
+                json!({ "image": format!("{IMAGE}:{tag}"), "replicas": 1 }),
+            ))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .expect(1)
+            .mount(&hub)
+            .await;
+    }
+
+    let from_variable = Run::deploy(&hub.uri())
+        .env("IMAGE_TAG", "sha-5e1f00d")
+        .args(&["service"])
+        .await;
+    let by_default = Run::deploy(&hub.uri()).args(&["service"]).await;
+
+    from_variable.assert_success("deploy service with IMAGE_TAG");
+    by_default.assert_success("deploy service without a tag");
+}
+
+#[tokio::test]
+async fn every_form_of_pipeforce_secret_becomes_the_right_authorization_header() {
+    // (PIPEFORCE_SECRET, Authorization header, what is secret in it)
+    let cases = [
+        (
+            "Basic alice:s3cret-pw",
+            "Basic YWxpY2U6czNjcmV0LXB3",
+            "s3cret-pw",
+        ),
+        (
+            "Basic YWxpY2U6czNjcmV0LXB3",
+            "Basic YWxpY2U6czNjcmV0LXB3",
+            "s3cret-pw",
+        ),
+        ("Bearer bearer-tok-1", "Bearer bearer-tok-1", "bearer-tok-1"),
+        ("Apitoken api-tok-2", "Bearer api-tok-2", "api-tok-2"),
+    ];
+    for (secret, authorization, hidden) in cases {
+        let hub = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/api/v3/command:service.start"))
+            .and(header("authorization", authorization))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .named(format!("service.start with {authorization}"))
+            .mount(&hub)
+            .await;
+
+        let output = Run::deploy(&hub.uri())
+            .env("PIPEFORCE_SECRET", secret)
+            .args(&["service"])
+            .await;
+
+        assert_eq!(output.status.code(), Some(0), "{secret}: {output:?}");
+        assert_not_shown(&output, hidden);
+        hub.verify().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy job
+
+/// Mounts `service.job.start`, then `service.job.status` answering `statuses` in turn (the
+/// last one for good), and `service.job.logs` answering `logs` once (if given).
+async fn fake_job(hub: &MockServer, statuses: &[Value], logs: Option<&str>) {
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.job.start"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(header("content-type", "application/json"))
+        .and(body_partial_json(json!({
+            "image": format!("{IMAGE}:it-42"),
+            "command": "./run-tests-integration.sh",
+            "env": { "SUITE": "1" },
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "started": true })))
+        .expect(1)
+        .mount(hub)
+        .await;
+    let (last, earlier) = statuses.split_last().expect("a status");
+    for status in earlier {
+        Mock::given(method("GET"))
+            .and(path("/api/v3/command:service.job.status"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(status))
+            .up_to_n_times(1)
+            .mount(hub)
+            .await;
+    }
+    Mock::given(method("GET"))
+        .and(path("/api/v3/command:service.job.status"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(last))
+        .mount(hub)
+        .await;
+    if let Some(logs) = logs {
+        Mock::given(method("GET"))
+            .and(path("/api/v3/command:service.job.logs"))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_string(logs))
+            .expect(1)
+            .mount(hub)
+            .await;
+    }
+}
+
+async fn deploy_job_and_wait(hub: &MockServer) -> Output {
+    Run::deploy(&hub.uri())
+        .args(&[
+            "job",
+            "--command",
+            "./run-tests-integration.sh",
+            "--tag",
+            "it-42",
+            "--env",
+            "SUITE=1",
+            "--wait",
+            "--poll-secs",
+            "0",
+        ])
+        .await
+}
+
+/// The job name `deploy` gave `service.job.start`, after checking that every status and logs
+/// call asked about that job.
+async fn started_job_name(hub: &MockServer) -> String {
+    let starts = calls_of(hub, "service.job.start").await;
+    assert_eq!(starts.len(), 1);
+    let name = json_body(&starts[0])["name"]
+        .as_str()
+        .expect("a job name")
+        .to_owned();
+    for command in ["service.job.status", "service.job.logs"] {
+        for call in calls_of(hub, command).await {
+            let asked: Vec<_> = call.url.query_pairs().collect();
+            assert_eq!(asked.len(), 1, "{command}: {}", call.url);
+            assert_eq!(asked[0].0, "name", "{command}: {}", call.url);
+            assert_eq!(asked[0].1, name, "{command}: {}", call.url);
+        }
+    }
+    name
+}
+
+#[tokio::test]
+async fn deploy_job_starts_a_uniquely_named_job_waits_for_it_and_prints_its_logs() {
+    // Arrange
+    let hub = MockServer::start().await;
+    let statuses = [
+        json!({ "status": "Running" }),
+        json!({ "status": "Succeeded" }),
+    ];
+    fake_job(&hub, &statuses, Some("12 integration tests passed")).await;
+
+    // Act
+    let output = deploy_job_and_wait(&hub).await;
+
+    // Assert
+    output.assert_success("deploy job --wait");
+    let name = started_job_name(&hub).await;
+    assert!(name.starts_with("hubsvc-run-tests-integration-"), "{name}");
+    assert!(is_dns_label(&name), "{name}");
+    assert_eq!(calls_of(&hub, "service.job.status").await.len(), 2);
+    assert!(
+        output.stdout.contains(&format!("job: {name}")),
+        "{output:?}"
+    );
+    assert!(
+        output.stdout.contains(&format!(
+            r#"job {name}: running (the hub says: {{"status":"Running"}})"#
+        )),
+        "{output:?}"
+    );
+    assert!(
+        output.stdout.contains("12 integration tests passed"),
+        "{output:?}"
+    );
+    assert!(output.stdout.contains("succeeded"), "{output:?}");
+}
+
+#[tokio::test]
+async fn a_failed_job_prints_its_logs_and_makes_deploy_fail() {
+    let hub = MockServer::start().await;
+    fake_job(
+        &hub,
+        &[json!({ "phase": "Failed" })],
+        Some("assertion failed: orders == 2"),
+    )
+    .await;
+
+    let output = deploy_job_and_wait(&hub).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let name = started_job_name(&hub).await;
+    assert!(
+        output.stdout.contains("assertion failed: orders == 2"),
+        "{output:?}"
+    );
+    assert!(
+        output.stderr.contains(&format!("job {name} failed")),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn waiting_for_a_job_gives_up_after_the_timeout() {
+    let hub = MockServer::start().await;
+    fake_job(&hub, &[json!({ "status": "Pending" })], None).await;
+
+    let output = Run::deploy(&hub.uri())
+        .args(&[
+            "job",
+            "--command",
+            "./run-tests-integration.sh",
+            "--tag",
+            "it-42",
+            "--env",
+            "SUITE=1",
+            "--wait",
+            "--timeout-secs",
+            "1",
+            "--poll-secs",
+            "1",
+        ])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let name = started_job_name(&hub).await;
+    assert!(
+        output
+            .stderr
+            .contains(&format!("job {name} did not finish within 1 s")),
+        "{output:?}"
+    );
+    assert!(calls_of(&hub, "service.job.logs").await.is_empty());
+}
+
+#[tokio::test]
+async fn each_job_run_gets_a_new_valid_name() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.job.start"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(2)
+        .mount(&hub)
+        .await;
+
+    for _ in 0..2 {
+        Run::deploy(&hub.uri())
+            .args(&["job", "--command", "./run-tests-integration.sh"])
+            .await
+            .assert_success("deploy job");
+    }
+
+    let names: Vec<String> = calls_of(&hub, "service.job.start")
+        .await
+        .iter()
+        .map(|call| json_body(call)["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_ne!(names[0], names[1]);
+    assert!(names.iter().all(|name| is_dns_label(name)), "{names:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// errors
+
+#[tokio::test]
+async fn a_401_is_reported_with_status_body_and_path_but_never_the_secret() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("token expired"))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::deploy(&hub.uri()).args(&["service"]).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains(
+            "the hub answered POST /api/v3/command:service.start with 401 Unauthorized: \
+             token expired"
+        ),
+        "{output:?}"
+    );
+    assert_not_shown(&output, TOKEN);
+}
+
+#[tokio::test]
+async fn a_401_without_pipeforce_secret_comes_with_a_hint_to_set_it() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .respond_with(ResponseTemplate::new(401))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::deploy(&hub.uri())
+        .env_remove("PIPEFORCE_SECRET")
+        .args(&["service"])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains("401 Unauthorized: (empty body)"),
+        "{output:?}"
+    );
+    assert!(
+        output.stderr.contains("hint: PIPEFORCE_SECRET is not set"),
+        "{output:?}"
+    );
+    let calls = calls_of(&hub, "service.start").await;
+    assert!(!calls[0].headers.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn a_500_on_a_start_is_reported_with_status_and_body_and_not_retried() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.job.start"))
+        .respond_with(
+            ResponseTemplate::new(500).set_body_json(json!({ "error": "image not found" })),
+        )
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::deploy(&hub.uri())
+        .args(&["job", "--command", "./run.sh", "--wait"])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains("500 Internal Server Error"),
+        "{output:?}"
+    );
+    assert!(output.stderr.contains("image not found"), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("POST /api/v3/command:service.job.start"),
+        "{output:?}"
+    );
+    assert_eq!(retries_logged(&output), 0, "{output:?}");
+}
+
+#[tokio::test]
+async fn a_hub_slower_than_the_timeout_is_reported_as_a_timeout_and_not_retried() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::deploy(&hub.uri())
+        .env("PIPEFORCE_HUB_TIMEOUT_SECS", "1")
+        .args(&["service"])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("the hub did not answer POST /api/v3/command:service.start within 1s"),
+        "{output:?}"
+    );
+    assert_eq!(retries_logged(&output), 0, "{output:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// retries
+
+#[tokio::test]
+async fn a_503_on_a_get_is_retried_up_to_the_limit() {
+    let hub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/command:service.job.status"))
+        .and(query_param("name", "orders-it-1"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(503).set_body_string("hub is restarting"))
+        .expect(3)
+        .mount(&hub)
+        .await;
+
+    let output = Run::probe(&hub.uri())
+        .args(&[
+            "--retries",
+            "2",
+            "--retry-delay-ms",
+            "10",
+            "get",
+            "service.job.status",
+            "name=orders-it-1",
+        ])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(retries_logged(&output), 2, "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("503 Service Unavailable: hub is restarting"),
+        "{output:?}"
+    );
+    assert_not_shown(&output, TOKEN);
+}
+
+#[tokio::test]
+async fn a_get_that_meets_a_502_then_an_answer_succeeds() {
+    let hub = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/command:service.job.logs"))
+        .respond_with(ResponseTemplate::new(502))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&hub)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v3/command:service.job.logs"))
+        .and(query_param("name", "job-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("all green"))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::probe(&hub.uri())
+        .args(&[
+            "--retry-delay-ms",
+            "10",
+            "get",
+            "service.job.logs",
+            "name=job-1",
+        ])
+        .await;
+
+    output.assert_success("probe get");
+    assert_eq!(retries_logged(&output), 1, "{output:?}");
+    assert!(output.stdout.contains("body=all green"), "{output:?}");
+}
+
+#[tokio::test]
+async fn a_503_on_a_post_is_not_retried() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("try later"))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::deploy(&hub.uri()).args(&["service"]).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(retries_logged(&output), 0, "{output:?}");
+    assert!(
+        output.stderr.contains("503 Service Unavailable: try later"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_reported() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+
+    let output = Run::deploy(&closed).args(&["service"]).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    // The default: 3 retries after the first attempt.
+    assert_eq!(retries_logged(&output), 3, "{output:?}");
+    assert!(
+        output.stderr.contains(&format!(
+            "cannot connect to the hub at {closed}/ for POST /api/v3/command:service.start \
+             (4 attempts)"
+        )),
+        "{output:?}"
+    );
+    assert_not_shown(&output, TOKEN);
+}
+
+// ---------------------------------------------------------------------------------------------
+// pipelines and answers, through the probe
+
+#[tokio::test]
+async fn a_yaml_pipeline_is_posted_as_application_yaml() {
+    let yaml = "pipeline:\n  - log:\n      message: hello\n";
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/pipeline"))
+        .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+        .and(header("content-type", "application/yaml"))
+        .and(body_string(yaml))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("hello", "text/plain"))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::probe(&hub.uri()).args(&["yaml", yaml]).await;
+
+    output.assert_success("probe yaml");
+    assert!(
+        output
+            .stdout
+            .contains("status=200\ncontent-type=text/plain\nbody=hello"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_built_with_the_helper_is_posted_as_json_in_the_hubs_form() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/pipeline"))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({ "pipeline": [
+            { "service.start": { "name": "a", "replicas": 2 } },
+            { "log": { "message": "done" } },
+        ]})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "result": 1 })))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::probe(&hub.uri())
+        .args(&[
+            "pipeline",
+            "service.start",
+            r#"{"name":"a","replicas":2}"#,
+            "log",
+            r#"{"message":"done"}"#,
+        ])
+        .await;
+
+    output.assert_success("probe pipeline");
+    assert!(output.stdout.contains(r#"body={"result":1}"#), "{output:?}");
+}
+
+#[tokio::test]
+async fn typed_answers_decode_and_a_wrong_shape_is_an_error_naming_the_expected_type() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:probe.good"))
+        .and(body_json(json!({ "x": 1 })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": 7, "ok": true })))
+        .mount(&hub)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:probe.bad"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("<html>login</html>"))
+        .mount(&hub)
+        .await;
+
+    let good = Run::probe(&hub.uri())
+        .args(&["typed", "probe.good", r#"{"x":1}"#])
+        .await;
+    let bad = Run::probe(&hub.uri())
+        .args(&["typed", "probe.bad", "{}"])
+        .await;
+
+    good.assert_success("probe typed");
+    assert!(
+        good.stdout.contains("Answer { id: 7, ok: true }"),
+        "{good:?}"
+    );
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+    assert!(
+        bad.stderr.contains(
+            "the hub's answer to POST /api/v3/command:probe.bad is not JSON for \
+             hub_probe::Answer"
+        ),
+        "{bad:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_client_debug_output_names_the_scheme_but_not_the_secret() {
+    let output = Run::probe("http://hub.example:8080").args(&["debug"]).await;
+
+    output.assert_success("probe debug");
+    assert!(output.stdout.contains("HubClient"), "{output:?}");
+    assert!(output.stdout.contains("Bearer"), "{output:?}");
+    assert!(
+        output.stdout.contains("http://hub.example:8080/"),
+        "{output:?}"
+    );
+    assert_not_shown(&output, TOKEN);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bad environment and command lines
+
+#[tokio::test]
+async fn a_malformed_secret_stops_deploy_before_any_call_naming_the_variable_not_the_value() {
+    let hub = MockServer::start().await;
+
+    let output = Run::deploy(&hub.uri())
+        .env("PIPEFORCE_SECRET", "Token hunter2-secret")
+        .args(&["service"])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(output.stderr.contains("PIPEFORCE_SECRET"), "{output:?}");
+    assert_not_shown(&output, "hunter2-secret");
+    assert!(hub.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_hub_url_that_is_not_http_stops_deploy_naming_the_variable() {
+    let output = Run::deploy("ftp://hub.example").args(&["service"]).await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(output.stderr.contains("PIPEFORCE_HUB_URL"), "{output:?}");
+    assert!(
+        output.stderr.contains("an http:// or https:// URL"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_command_line_exits_with_2_and_the_usage() {
+    let hub = MockServer::start().await;
+    for (args, expected) in [
+        (&[][..], "say what to deploy"),
+        (&["ship"][..], "unknown command \"ship\""),
+        (&["job", "--wait"][..], "needs --command"),
+        (&["service", "--replicas", "two"][..], "--replicas expects"),
+    ] {
+        let output = Run::deploy(&hub.uri()).args(args).await;
+
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        assert!(output.stderr.contains(expected), "{args:?}: {output:?}");
+        assert!(output.stderr.contains("Usage:"), "{args:?}: {output:?}");
+    }
+    let help = Run::deploy(&hub.uri()).args(&["--help"]).await;
+    help.assert_success("deploy --help");
+    assert!(
+        help.stdout
+            .contains(&format!("image {IMAGE}:<tag>, port {HTTP_PORT}"))
+    );
+    assert!(hub.received_requests().await.unwrap().is_empty());
+}
