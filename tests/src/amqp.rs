@@ -60,7 +60,7 @@ impl Names {
     }
 }
 
-/// A dead-lettered message as the test reads it back.
+/// A message as the test reads it back from a queue (dead letters, captures).
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub body: Vec<u8>,
@@ -196,6 +196,49 @@ impl Broker {
         );
         let _ = channel.close(200, "done".into()).await;
         serde_json::from_slice(&reply.data).ok()
+    }
+
+    /// A queue of the test's own that receives what is published to `exchange` with keys
+    /// matching `pattern`; deleted with the test's connection.
+    pub async fn capture(&self, exchange: &str, pattern: &str) -> String {
+        let queue = self
+            .channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a capture queue");
+        self.channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                pattern.into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the capture queue");
+        queue.name().to_string()
+    }
+
+    /// Waits up to `timeout` for a message in `queue` and takes it.
+    pub async fn take_one(&self, queue: &str, timeout: Duration) -> Option<DeadLetter> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(message) = self.take_all(queue).await.into_iter().next() {
+                return Some(message);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Ready messages in `queue` (not counting delivered, unacked ones); 0 if it is missing.

@@ -17,6 +17,7 @@ use std::{
 use tempfile::TempDir;
 
 pub mod amqp;
+pub mod otlp;
 
 /// The repository: the parent of this crate.
 pub fn repo_root() -> &'static Path {

@@ -5,7 +5,10 @@
 //! 127.0.0.1:5672; `ci/test` provides both.
 
 mod hooks;
+mod hub;
 mod messaging;
+mod observability;
+mod probe;
 mod project;
 mod render;
 mod routing;

@@ -1,170 +1,19 @@
-//! The messaging runtime of a rendered service, against the real RabbitMQ.
-//!
-//! One render (`courier`) gets the probe handlers of `tests/fixtures/probe.rs`, which record
-//! each run in a log file; every test starts its own processes of that binary on queue,
-//! exchange and dead-letter queue names of its own.
+//! The messaging runtime of a rendered service, against the real RabbitMQ, through the probe
+//! handlers of [`crate::probe`].
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-    sync::LazyLock,
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 use serde_json::json;
 use template_tests::{
-    Render, Rendered, ServiceProcess,
-    amqp::{Broker, Names, close_connections_named, total_messages},
-    repo_root,
+    Render,
+    amqp::{close_connections_named, total_messages},
 };
 
-/// The render with the probe handlers, and its binary.
-static PROBE_SERVICE: LazyLock<(Rendered, PathBuf)> = LazyLock::new(|| {
-    let rendered = Render::new("courier")
-        .run()
-        .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
-    std::fs::copy(
-        repo_root().join("tests/fixtures/probe.rs"),
-        rendered.dir.join("src/service/probe.rs"),
-    )
-    .unwrap();
-    let registry = rendered.dir.join("src/service/mod.rs");
-    let original = std::fs::read_to_string(&registry).unwrap();
-    let patched = original
-        .replace("mod hello;", "mod hello;\nmod probe;")
-        .replace(
-            "services.add(HelloService::default());",
-            "services.add(HelloService::default());\n    services.add(probe::ProbeService);",
-        );
-    assert_ne!(
-        original, patched,
-        "src/service/mod.rs changed shape; update this test"
-    );
-    std::fs::write(&registry, patched).unwrap();
-    rendered
-        .cargo(&["build", "--locked"])
-        .assert_success("cargo build of the probe render");
-    let binary = rendered.debug_binary();
-    (rendered, binary)
-});
-
-/// The lines the probe handlers recorded.
-struct ProbeLog {
-    file: tempfile::NamedTempFile,
-}
-
-impl ProbeLog {
-    fn new() -> Self {
-        Self {
-            file: tempfile::NamedTempFile::new().unwrap(),
-        }
-    }
-
-    fn path(&self) -> String {
-        self.file.path().display().to_string()
-    }
-
-    fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.file.path())
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// How often each line was recorded.
-    fn counts(&self) -> BTreeMap<String, usize> {
-        let mut counts = BTreeMap::new();
-        for line in self.lines() {
-            *counts.entry(line).or_default() += 1;
-        }
-        counts
-    }
-
-    async fn wait_for(&self, what: &str, done: impl Fn(&[String]) -> bool, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let lines = self.lines();
-            if done(&lines) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {timeout:?}; recorded: {lines:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// One test's names, log and broker connection; `start` runs another service process.
-struct Scenario {
-    names: Names,
-    log: ProbeLog,
-    broker: Broker,
-    extra_env: Vec<(&'static str, String)>,
-}
-
-impl Scenario {
-    async fn new(extra_env: &[(&'static str, &str)]) -> Self {
-        Self {
-            names: Names::unique(),
-            log: ProbeLog::new(),
-            broker: Broker::connect().await,
-            extra_env: extra_env
-                .iter()
-                .map(|(key, value)| (*key, (*value).to_owned()))
-                .collect(),
-        }
-    }
-
-    /// Starts a service process and waits until it consumes.
-    async fn start(&self) -> ServiceProcess {
-        let mut env = self.names.env();
-        env.push(("PROBE_LOG", self.log.path()));
-        env.push(("PIPEFORCE_MESSAGING_RETRY_DELAY_MS", "10".to_owned()));
-        env.extend(self.extra_env.iter().cloned());
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
-        service
-            .wait_for_status("/health/ready", 200, Duration::from_secs(30))
-            .await;
-        service
-    }
-
-    async fn publish(&self, routing_key: &str, body: serde_json::Value) {
-        self.broker
-            .publish_json(&self.names.exchange, routing_key, &body)
-            .await;
-    }
-
-    /// Waits until the service queue holds nothing, ready or unacked.
-    async fn wait_until_queue_is_empty(&self) {
-        let queue = self.names.queue();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while total_messages(&queue) != Some(0) {
-            assert!(Instant::now() < deadline, "{queue} did not empty");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Removes the test's queues and exchange even when the test fails half-way.
-impl Drop for Scenario {
-    fn drop(&mut self) {
-        let names = self.names.clone();
-        // Drop cannot await, and may run inside the test's runtime: use a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(async { Broker::connect().await.delete(&names).await });
-        });
-        let _ = cleanup.join();
-    }
-}
+use crate::probe::Scenario;
 
 #[tokio::test]
 async fn a_message_is_acked_only_after_its_handler_succeeded() {
@@ -513,7 +362,11 @@ async fn a_quorum_queue_is_used_when_configured() {
 
     scenario
         .log
-        .wait_for("handled", |lines| lines == ["ok q-1"], Duration::from_secs(10))
+        .wait_for(
+            "handled",
+            |lines| lines == ["ok q-1"],
+            Duration::from_secs(10),
+        )
         .await;
     let output = template_tests::run(std::process::Command::new("rabbitmqctl").args([
         "--silent",

@@ -137,7 +137,7 @@ async fn the_effective_configuration_is_logged_with_secrets_masked() {
     let logs = service.logs();
     assert!(logs.contains("effective configuration"), "{logs}");
     assert!(logs.contains("messaging_password=***"), "{logs}");
-    assert!(logs.contains("hub_secret=***"), "{logs}");
+    assert!(logs.contains("hub_secret=Bearer ***"), "{logs}");
     assert!(!logs.contains("hunter2"), "{logs}");
 }
 

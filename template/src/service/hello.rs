@@ -35,7 +35,7 @@ impl HelloService {
     /// text: webhook callers send whatever they like (the trigger example sends plain text).
     #[event("pipeforce.webhook.foo.*")]
     async fn webhook(&self, body: String, ctx: &Context) {
-        info!(routing_key = ctx.routing_key(), %body, "webhook received");
+        info!(%body, message_id = ctx.message_id(), "webhook received");
     }
 
     /// A typed event: the JSON body is decoded into a [`Greeting`]. Sent as a request, the
@@ -76,14 +76,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_greeting_is_answered_with_the_running_count() {
+    async fn a_greeting_request_is_answered_with_the_running_count() {
         let broker = TestBroker::new(register);
 
         broker
             .deliver_json(GREETING, &json!({ "name": "Ada" }))
             .await;
         let delivered = broker
-            .deliver_json(GREETING, &json!({ "name": "Grace" }))
+            .request_json(GREETING, &json!({ "name": "Grace" }))
             .await;
 
         assert!(delivered.is_handled());

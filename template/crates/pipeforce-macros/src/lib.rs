@@ -270,6 +270,10 @@ fn expand_handler(
     } else {
         quote! {
             let value = #call.into_handler_result()?;
+            if context.reply_to().is_none() {
+                // Nobody waits for a reply: skip encoding it.
+                return ::std::result::Result::Ok(::std::option::Option::None);
+            }
             (&&::pipeforce::messaging::__private::Reply(&value)).encode()
         }
     };

@@ -17,6 +17,7 @@ use crate::{
     Config, Error,
     health::Readiness,
     http,
+    hub::HubClient,
     messaging::{Consumer, Dispatcher, Publisher, RetryPolicy},
     services::Services,
 };
@@ -47,6 +48,8 @@ impl App {
         let http_listener = TcpListener::bind(address).await.map_err(bind_error)?;
         let http_addr = http_listener.local_addr().map_err(bind_error)?;
 
+        // Metric handles are taken below: the recorder must exist before.
+        crate::telemetry::prometheus();
         let (connection, connection_updates) = watch::channel(None);
         let messaging = &config.messaging;
         let publisher = Publisher::for_broker(
@@ -55,7 +58,8 @@ impl App {
             connection_updates,
             PUBLISH_CONNECT_WAIT,
         );
-        let mut services = Services::new(publisher.clone());
+        let hub = HubClient::new(&config.hub)?;
+        let mut services = Services::new(publisher.clone(), hub);
         register(&mut services);
         let retry = RetryPolicy {
             max_retries: messaging.max_retries,
@@ -112,6 +116,14 @@ impl App {
             .graceful(stopping.clone().cancelled_owned())
             .run();
         let mut server = tokio::spawn(server);
+        // Histograms keep their recent samples until they are drained.
+        let upkeep = tokio::spawn(async {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                crate::telemetry::prometheus().run_upkeep();
+            }
+        });
         // Its own task: consuming from `main`'s thread would cost throughput.
         let mut consumer = tokio::spawn(self.consumer.run(stopping.clone()));
         info!(address = %self.http_addr, service = %self.config.service, "serving HTTP");
@@ -124,6 +136,7 @@ impl App {
 
         info!("shutting down: no new requests or deliveries, finishing the ones in flight");
         stopping.cancel();
+        upkeep.abort();
         // The consumer bounds its wait for handlers by the same timeout; the margin lets it
         // flush acks and close the connection after that.
         let timeout = self.config.shutdown_timeout;

@@ -60,6 +60,73 @@ pub struct Config {
     /// `PIPEFORCE_SHUTDOWN_TIMEOUT_SECS`: how long in-flight work may take to finish after
     /// SIGTERM before the service exits anyway (default 25, below Kubernetes' 30 s grace period).
     pub shutdown_timeout: Duration,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// How the service logs and where it sends traces. Traces follow OpenTelemetry's standard
+/// variables, so the same settings work for every OpenTelemetry SDK in the cluster.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `PIPEFORCE_LOG_FORMAT`: `text` or `json`; default `json` inside Kubernetes
+    /// (`KUBERNETES_SERVICE_HOST` is set), `text` elsewhere.
+    pub log_format: LogFormat,
+    /// Where spans go: set by `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (and not switched off by `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`). Unset:
+    /// spans and trace ids still exist and propagate, but are not exported.
+    pub otlp: Option<OtlpExport>,
+    /// `OTEL_SERVICE_NAME`, else the PIPEFORCE service name.
+    pub service_name: String,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`).
+    pub sampler: Sampler,
+}
+
+/// The log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// An OTLP trace destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpExport {
+    /// The full URL spans are sent to (for HTTP, with `/v1/traces` appended to a generic
+    /// endpoint, as the OpenTelemetry specification says).
+    pub endpoint: String,
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc`,
+    /// `http/protobuf` (the default) or `http/json`.
+    pub protocol: OtlpProtocol,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// gRPC, usually port 4317.
+    Grpc,
+    /// Protobuf over HTTP, usually port 4318.
+    HttpProtobuf,
+    /// JSON over HTTP, usually port 4318.
+    HttpJson,
+}
+
+/// Which traces are recorded, as `OTEL_TRACES_SAMPLER` names them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// `always_on`
+    AlwaysOn,
+    /// `always_off`
+    AlwaysOff,
+    /// `traceidratio`, with the ratio from `OTEL_TRACES_SAMPLER_ARG`
+    TraceIdRatio(f64),
+    /// `parentbased_always_on`: follow the caller's decision, record new traces.
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`
+    ParentBasedTraceIdRatio(f64),
 }
 
 /// The HTTP server's address.
@@ -230,25 +297,37 @@ impl Config {
     {
         let mut check = Checker::default();
         let mut utf8_vars = Vec::new();
+        let mut others = OtherVars::default();
         for (key, value) in vars {
             let Some(key) = key.as_ref().to_str() else {
                 continue;
             };
-            if !key.starts_with(PREFIX) {
+            let ours = key.starts_with(PREFIX);
+            if !ours && !others.wants(key) {
                 continue;
             }
-            match value.as_ref().to_str() {
-                Some(value) => utf8_vars.push((key.to_owned(), value.to_owned())),
-                None => check.report(key, "valid UTF-8 text", Found::NotUtf8),
+            let Some(value) = value.as_ref().to_str() else {
+                check.report(key, "valid UTF-8 text", Found::NotUtf8);
+                continue;
+            };
+            if ours {
+                utf8_vars.push((key.to_owned(), value.to_owned()));
+            } else {
+                others.insert(key, value);
             }
         }
         let env: Env = envy::prefixed(PREFIX)
             .from_iter(utf8_vars)
             .map_err(|error| ConfigError::single("PIPEFORCE_*", error.to_string()))?;
-        Self::check(defaults, env, check)
+        Self::check(defaults, env, others, check)
     }
 
-    fn check(defaults: Defaults, env: Env, mut check: Checker) -> Result<Self, ConfigError> {
+    fn check(
+        defaults: Defaults,
+        env: Env,
+        others: OtherVars,
+        mut check: Checker,
+    ) -> Result<Self, ConfigError> {
         let service = check.parse_with(
             "PIPEFORCE_SERVICE",
             env.service,
@@ -443,6 +522,8 @@ impl Config {
             },
         );
 
+        let telemetry = telemetry_config(&mut check, env.log_format, &others, &service);
+
         check.finish(Config {
             service,
             namespace,
@@ -453,7 +534,159 @@ impl Config {
             hub,
             messaging,
             shutdown_timeout,
+            telemetry,
         })
+    }
+}
+
+/// The non-`PIPEFORCE_*` variables the service reads: OpenTelemetry's and Kubernetes'.
+#[derive(Default)]
+struct OtherVars(std::collections::HashMap<String, String>);
+
+impl OtherVars {
+    const NAMES: [&'static str; 9] = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_SERVICE_NAME",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_SDK_DISABLED",
+        "OTEL_TRACES_EXPORTER",
+    ];
+
+    fn wants(&self, key: &str) -> bool {
+        Self::NAMES.contains(&key) || key == "KUBERNETES_SERVICE_HOST"
+    }
+
+    fn insert(&mut self, key: &str, value: &str) {
+        self.0.insert(key.to_owned(), value.to_owned());
+    }
+
+    /// The variable's value, if set and not blank.
+    fn get(&self, key: &str) -> Option<String> {
+        optional(self.0.get(key).cloned())
+    }
+}
+
+fn telemetry_config(
+    check: &mut Checker,
+    log_format: Option<String>,
+    others: &OtherVars,
+    service: &str,
+) -> TelemetryConfig {
+    let in_kubernetes = others.get("KUBERNETES_SERVICE_HOST").is_some();
+    let log_format = check.parse_with(
+        "PIPEFORCE_LOG_FORMAT",
+        log_format,
+        if in_kubernetes {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+        "text or json",
+        |value| match value {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        },
+    );
+
+    let (protocol_variable, protocol) = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|name| others.get(name).map(|value| (name, Some(value))))
+    .unwrap_or(("OTEL_EXPORTER_OTLP_PROTOCOL", None));
+    let protocol = check.parse_with(
+        protocol_variable,
+        protocol,
+        OtlpProtocol::HttpProtobuf,
+        "grpc, http/protobuf or http/json",
+        |value| match value {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http/protobuf" => Some(OtlpProtocol::HttpProtobuf),
+            "http/json" => Some(OtlpProtocol::HttpJson),
+            _ => None,
+        },
+    );
+    let disabled = others
+        .get("OTEL_SDK_DISABLED")
+        .is_some_and(|value| value.eq_ignore_ascii_case("true"))
+        || others.get("OTEL_TRACES_EXPORTER").as_deref() == Some("none");
+    let endpoint = match (
+        others.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        others.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ) {
+        (Some(endpoint), _) => Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint, false)),
+        (None, Some(endpoint)) => Some(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint, true)),
+        (None, None) => None,
+    };
+    let otlp = endpoint
+        .filter(|_| !disabled)
+        .and_then(|(variable, endpoint, generic)| {
+            let url = check.http_url(variable, Some(endpoint))?;
+            let mut endpoint = url.as_str().trim_end_matches('/').to_owned();
+            if generic && protocol != OtlpProtocol::Grpc {
+                endpoint.push_str("/v1/traces");
+            }
+            Some(OtlpExport { endpoint, protocol })
+        });
+
+    let mut ratio = |name: &str| {
+        let argument = others.get("OTEL_TRACES_SAMPLER_ARG");
+        check.parse_with(
+            "OTEL_TRACES_SAMPLER_ARG",
+            argument,
+            1.0,
+            &format!("a ratio from 0.0 to 1.0 for {name}"),
+            |value| {
+                value
+                    .parse()
+                    .ok()
+                    .filter(|ratio: &f64| (0.0..=1.0).contains(ratio))
+            },
+        )
+    };
+    let sampler = match others.get("OTEL_TRACES_SAMPLER").as_deref() {
+        None | Some("parentbased_always_on") => Sampler::ParentBasedAlwaysOn,
+        Some("always_on") => Sampler::AlwaysOn,
+        Some("always_off") => Sampler::AlwaysOff,
+        Some("parentbased_always_off") => Sampler::ParentBasedAlwaysOff,
+        Some("traceidratio") => Sampler::TraceIdRatio(ratio("traceidratio")),
+        Some("parentbased_traceidratio") => {
+            Sampler::ParentBasedTraceIdRatio(ratio("parentbased_traceidratio"))
+        }
+        Some(_) => Sampler::ParentBasedAlwaysOn,
+    };
+    if let Some(other) = others.get("OTEL_TRACES_SAMPLER").filter(|name| {
+        ![
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ]
+        .contains(&name.as_str())
+    }) {
+        check.report(
+            "OTEL_TRACES_SAMPLER",
+            "always_on, always_off, traceidratio, parentbased_always_on, \
+             parentbased_always_off or parentbased_traceidratio",
+            Found::Value(other),
+        );
+    }
+
+    TelemetryConfig {
+        log_format,
+        otlp,
+        service_name: others
+            .get("OTEL_SERVICE_NAME")
+            .unwrap_or_else(|| service.to_owned()),
+        sampler,
     }
 }
 
@@ -526,7 +759,7 @@ impl fmt::Display for Config {
             "service={} namespace={} stage={} domain={} portal_url={} http={}:{} \
              hub_url={} hub_secret={} messaging={}@{} vhost={} tls={} messaging_password=*** \
              exchange={} queue={} queue_type={} dead_letter_queue={} prefetch={} \
-             max_retries={} retry_delay={}ms shutdown_timeout={}s",
+             max_retries={} retry_delay={}ms shutdown_timeout={}s log_format={:?} traces={}",
             self.service,
             self.namespace,
             or_unset(self.stage.as_ref()),
@@ -557,6 +790,11 @@ impl fmt::Display for Config {
             messaging.max_retries,
             messaging.retry_delay.as_millis(),
             self.shutdown_timeout.as_secs(),
+            self.telemetry.log_format,
+            self.telemetry.otlp.as_ref().map_or_else(
+                || "(not exported)".to_owned(),
+                |otlp| format!("{} ({:?})", otlp.endpoint, otlp.protocol)
+            ),
         )
     }
 }
@@ -598,6 +836,7 @@ struct Env {
     messaging_default_exchange: Option<String>,
     messaging_default_dlq: Option<String>,
     shutdown_timeout_secs: Option<String>,
+    log_format: Option<String>,
 }
 
 /// An optional variable: set and not blank.
@@ -968,6 +1207,77 @@ mod tests {
                 "the secret is not echoed: {error}"
             );
         }
+    }
+
+    #[test]
+    fn traces_are_exported_only_when_an_otlp_endpoint_is_set() {
+        let parsed = config(&[]).unwrap();
+        assert_eq!(parsed.telemetry.otlp, None);
+        assert_eq!(parsed.telemetry.service_name, "orders");
+        assert_eq!(parsed.telemetry.sampler, Sampler::ParentBasedAlwaysOn);
+        assert_eq!(parsed.telemetry.log_format, LogFormat::Text);
+
+        let parsed = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318/")]).unwrap();
+        assert_eq!(
+            parsed.telemetry.otlp,
+            Some(OtlpExport {
+                endpoint: "http://jaeger:4318/v1/traces".to_owned(),
+                protocol: OtlpProtocol::HttpProtobuf,
+            })
+        );
+
+        let parsed = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "orders-blue"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ])
+        .unwrap();
+        let otlp = parsed.telemetry.otlp.unwrap();
+        assert_eq!(otlp.endpoint, "http://jaeger:4317");
+        assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+        assert_eq!(parsed.telemetry.service_name, "orders-blue");
+        assert_eq!(
+            parsed.telemetry.sampler,
+            Sampler::ParentBasedTraceIdRatio(0.25)
+        );
+        assert_eq!(
+            parsed.telemetry.log_format,
+            LogFormat::Json,
+            "in Kubernetes"
+        );
+
+        let parsed = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ])
+        .unwrap();
+        assert_eq!(parsed.telemetry.otlp, None, "switched off");
+    }
+
+    #[test]
+    fn bad_telemetry_variables_are_named() {
+        let error = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("PIPEFORCE_LOG_FORMAT", "xml"),
+        ])
+        .unwrap_err();
+
+        let mut variables = problem_variables(&error);
+        variables.sort_unstable();
+        assert_eq!(
+            variables,
+            [
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "OTEL_TRACES_SAMPLER",
+                "PIPEFORCE_LOG_FORMAT",
+            ]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::{fmt, io, net::SocketAddr};
 
-use crate::{config::ConfigError, messaging::PublishError};
+use crate::{config::ConfigError, hub::HubError, messaging::PublishError};
 
 /// Why the service could not start or had to stop.
 #[derive(thiserror::Error)]
@@ -17,6 +17,10 @@ pub enum Error {
     /// `RUST_LOG` is not a valid filter.
     #[error("RUST_LOG is not a valid log filter (e.g. `info` or `info,lapin=warn`): {0}")]
     LogFilter(String),
+
+    /// Tracing could not be set up.
+    #[error("{0}")]
+    Telemetry(String),
 
     /// The HTTP port is taken or the address does not exist on this machine.
     #[error("cannot listen for HTTP on {address} (PIPEFORCE_HTTP_HOST, PIPEFORCE_HTTP_PORT)")]
@@ -30,6 +34,10 @@ pub enum Error {
     /// The HTTP server ended although nobody asked it to.
     #[error("the HTTP server stopped unexpectedly")]
     HttpServerStopped,
+
+    /// The hub client could not be set up (e.g. no TLS roots).
+    #[error("cannot set up the hub client")]
+    Hub(#[from] HubError),
 
     /// A message could not be published.
     #[error("cannot publish")]

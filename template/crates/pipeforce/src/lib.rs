@@ -9,6 +9,7 @@
 //! - [`app`]: [`App`], which binds the HTTP listener in `build` and serves until told to stop.
 //! - [`http`]: the routes every service has (health) and JSON problem responses for errors.
 //! - [`health`]: [`Readiness`](health::Readiness), the conditions `/health/ready` reports.
+//! - [`hub`]: [`HubClient`], which runs pipelines and commands on the PIPEFORCE hub.
 //! - [`messaging`]: `#[service]`/`#[event]` handlers, the consumer and the [`Publisher`].
 //! - [`services`]: [`Services`], where the service crate registers its services.
 //! - [`testing`]: [`TestBroker`](testing::TestBroker), handlers tested without a broker.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod hub;
 pub mod messaging;
 pub mod services;
 pub mod shutdown;
@@ -30,5 +32,6 @@ pub mod testing;
 pub use app::App;
 pub use config::{Config, Defaults};
 pub use error::Error;
+pub use hub::{HubClient, HubError};
 pub use messaging::{Context, HandlerError, Publisher, event, service};
 pub use services::Services;

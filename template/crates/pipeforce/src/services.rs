@@ -3,19 +3,24 @@
 
 use std::sync::Arc;
 
-use crate::messaging::{Handler, Publisher, Service};
+use crate::{
+    hub::HubClient,
+    messaging::{Handler, Publisher, Service},
+};
 
 /// The services of this process.
 pub struct Services {
     handlers: Vec<Handler>,
     publisher: Publisher,
+    hub: HubClient,
 }
 
 impl Services {
-    pub(crate) fn new(publisher: Publisher) -> Self {
+    pub(crate) fn new(publisher: Publisher, hub: HubClient) -> Self {
         Self {
             handlers: Vec::new(),
             publisher,
+            hub,
         }
     }
 
@@ -33,6 +38,11 @@ impl Services {
     /// Publishes events and sends requests; services keep a clone to publish on their own.
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()
+    }
+
+    /// Runs pipelines and commands on the PIPEFORCE hub; services keep a clone.
+    pub fn hub(&self) -> HubClient {
+        self.hub.clone()
     }
 
     pub(crate) fn into_handlers(self) -> Vec<Handler> {

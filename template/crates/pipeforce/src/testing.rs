@@ -43,7 +43,7 @@ impl TestBroker {
     /// Like [`TestBroker::new`], with `max_retries` retries for failing handlers.
     pub fn with_retries(register: impl FnOnce(&mut Services), max_retries: u32) -> Self {
         let publisher = Publisher::recording(TEST_EXCHANGE);
-        let mut services = Services::new(publisher.clone());
+        let mut services = Services::new(publisher.clone(), test_hub());
         register(&mut services);
         let retry = RetryPolicy {
             max_retries,
@@ -76,6 +76,24 @@ impl TestBroker {
         .await
     }
 
+    /// Delivers `body` as JSON with `routing_key` as a request: with `reply_to` and a
+    /// correlation id set, so handlers' return values come back in [`Delivered::replies`].
+    pub async fn request_json<T: Serialize + ?Sized>(
+        &self,
+        routing_key: &str,
+        body: &T,
+    ) -> Delivered {
+        let body = serde_json::to_vec(body).expect("test body serializes to JSON");
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_correlation_id("test-request".into());
+        self.deliver_message(
+            Message::new(TEST_EXCHANGE, routing_key, body).with_properties(properties),
+        )
+        .await
+    }
+
     /// Delivers a message with its properties (headers, ids, `reply_to`, ...).
     pub async fn deliver_message(&self, message: Message) -> Delivered {
         let before = self.publisher.recorded().len();
@@ -97,6 +115,19 @@ impl TestBroker {
         let reply = serde_json::to_vec(reply).expect("reply serializes to JSON");
         self.publisher.answer_requests(pattern, reply);
     }
+}
+
+/// A hub client for unit tests: it points at a local address where nothing listens, so a
+/// handler that calls the hub in a unit test fails fast instead of reaching a real hub.
+fn test_hub() -> crate::hub::HubClient {
+    let config = crate::config::HubConfig {
+        url: url::Url::parse("http://127.0.0.1:9").expect("a valid literal URL"),
+        auth: None,
+        timeout: Duration::from_secs(1),
+    };
+    crate::hub::HubClient::new(&config)
+        .expect("a hub client without credentials builds")
+        .with_retries(0)
 }
 
 /// What became of one delivered message.
@@ -130,7 +161,8 @@ impl Delivered {
         }
     }
 
-    /// The replies the handlers returned, parsed as JSON.
+    /// The replies the handlers returned, parsed as JSON (only requests get replies, see
+    /// [`TestBroker::request_json`]).
     pub fn replies(&self) -> Vec<serde_json::Value> {
         match &self.outcome {
             Outcome::Handled { replies, .. } => replies

@@ -25,10 +25,11 @@ use lapin::{
     types::FieldTable,
     uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo},
 };
+use metrics::{Gauge, gauge};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, field::Empty, info, info_span, warn};
 
 use super::{
     Message, Publisher,
@@ -39,6 +40,7 @@ use super::{
 use crate::{
     config::{BrokerAddress, MessagingConfig},
     health::Condition,
+    telemetry::{self, metric},
 };
 
 /// Back-off between connection attempts: doubled after each failure, up to the maximum.
@@ -126,6 +128,7 @@ impl Consumer {
 
         self.connection.send_replace(Some(Arc::clone(&connection)));
         self.ready.set(true);
+        gauge!(metric::BROKER_CONNECTED).set(1.0);
         info!(
             %address,
             queue = %self.config.queue,
@@ -136,6 +139,7 @@ impl Consumer {
         let batch = usize::from(self.config.prefetch / 4).clamp(1, 50);
         let (acks, ack_task) = Acks::spawn(channel.clone(), batch, ACK_INTERVAL);
         let settle = Arc::new(Settle {
+            in_flight: gauge!(metric::HANDLERS_IN_FLIGHT),
             dispatcher: Arc::clone(&self.dispatcher),
             publisher: self.publisher.clone(),
             channel: channel.clone(),
@@ -160,6 +164,7 @@ impl Consumer {
             }
         };
         self.ready.set(false);
+        gauge!(metric::BROKER_CONNECTED).set(0.0);
         if let Some(error) = ended {
             return SessionEnd::Lost {
                 error,
@@ -249,6 +254,7 @@ pub(crate) async fn connect(
 
 /// What every delivery task of one session shares.
 struct Settle {
+    in_flight: Gauge,
     dispatcher: Arc<Dispatcher>,
     publisher: Publisher,
     channel: Channel,
@@ -258,32 +264,74 @@ struct Settle {
 }
 
 impl Settle {
-    /// Handles one delivery and settles it.
+    /// Handles one delivery and settles it, in a span that continues the publisher's trace.
     async fn handle(self: Arc<Self>, delivery: Delivery) {
         let tag = delivery.delivery_tag;
         let message = Arc::new(Message {
-            exchange: delivery.exchange.to_string(),
-            routing_key: delivery.routing_key.to_string(),
+            exchange: delivery.exchange.into(),
+            routing_key: delivery.routing_key.into(),
             body: delivery.data,
             properties: delivery.properties,
             redelivered: delivery.redelivered,
         });
+        // Log lines show the routing key and trace id; the semantic-convention attributes
+        // go to the trace only (see `telemetry`).
+        let span = info_span!(
+            target: "pipeforce::messaging",
+            "message",
+            otel.name = %format_args!("process {}", message.exchange),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = message.exchange.as_str(),
+            messaging.rabbitmq.destination.routing_key = message.routing_key.as_str(),
+            messaging.message.id = message.properties.message_id().as_ref().map(|id| id.as_str()),
+            pipeforce.handlers = Empty,
+            pipeforce.outcome = Empty,
+            error.message = Empty,
+            routing_key = message.routing_key.as_str(),
+            trace_id = Empty,
+        );
+        let headers = message.properties.headers().as_ref();
+        telemetry::continue_trace(&span, &telemetry::amqp::Headers(headers));
+        telemetry::record_trace_id(&span);
+
+        self.in_flight.increment(1.0);
+        let completion = self
+            .dispatch_and_settle(tag, message)
+            .instrument(span)
+            .await;
+        self.in_flight.decrement(1.0);
+        self.acks.complete(tag, completion);
+    }
+
+    async fn dispatch_and_settle(&self, tag: u64, message: Arc<Message>) -> Completion {
         let outcome = self
             .dispatcher
             .dispatch(Arc::clone(&message), &self.stopping)
             .await;
-        let completion = match outcome {
-            Outcome::Handled { replies, .. } => {
+        let span = tracing::Span::current();
+        match outcome {
+            Outcome::Handled { handlers, replies } => {
+                span.record("pipeforce.handlers", handlers.join(","));
+                span.record("pipeforce.outcome", "handled");
                 self.send_replies(&message, replies).await;
                 Completion::Ack
             }
             Outcome::DeadLettered { reason, handler } => {
+                span.record("pipeforce.handlers", handler);
+                span.record("pipeforce.outcome", "dead_lettered");
+                span.record("error.message", reason.as_str());
+                span.record("otel.status_code", "ERROR");
                 self.dead_letter(&message, tag, &reason, handler).await;
                 Completion::Settled
             }
-            Outcome::Abandoned => Completion::Abandoned,
-        };
-        self.acks.complete(tag, completion);
+            Outcome::Abandoned => {
+                span.record("pipeforce.outcome", "abandoned");
+                Completion::Abandoned
+            }
+        }
     }
 
     async fn send_replies(&self, message: &Message, replies: Vec<Vec<u8>>) {

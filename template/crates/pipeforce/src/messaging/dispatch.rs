@@ -13,10 +13,13 @@ use std::{
 };
 
 use futures_util::FutureExt;
+use metrics::{Counter, Histogram, counter, histogram};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{Context, Handler, HandlerError, Message, Publisher};
+use crate::telemetry::metric;
 
 /// What became of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +62,68 @@ impl RetryPolicy {
 /// The registered handlers and how to run them.
 pub(crate) struct Dispatcher {
     handlers: Vec<Handler>,
+    /// One entry per handler, same order.
+    metrics: Vec<HandlerMetrics>,
+    dead_letters: DeadLetterMetrics,
     publisher: Publisher,
     retry: RetryPolicy,
     dead_lettered: Mutex<RecentIds>,
 }
 
+/// Metric handles looked up once, not on every message: a lookup hashes the name and labels.
+struct HandlerMetrics {
+    handled: Counter,
+    dead_lettered: Counter,
+    abandoned: Counter,
+    retries: Counter,
+    duration: Histogram,
+}
+
+impl HandlerMetrics {
+    fn new(handler: &'static str) -> Self {
+        let consumed = |outcome: &'static str| counter!(metric::MESSAGES_CONSUMED, "handler" => handler, "outcome" => outcome);
+        Self {
+            handled: consumed("handled"),
+            dead_lettered: consumed("dead_lettered"),
+            abandoned: consumed("abandoned"),
+            retries: counter!(metric::HANDLER_RETRIES, "handler" => handler),
+            duration: histogram!(metric::HANDLER_DURATION, "handler" => handler),
+        }
+    }
+}
+
+struct DeadLetterMetrics {
+    no_handler: Counter,
+    no_handler_consumed: Counter,
+    undecodable: Counter,
+    handler_failed: Counter,
+}
+
+impl DeadLetterMetrics {
+    fn new() -> Self {
+        let reason =
+            |reason: &'static str| counter!(metric::MESSAGES_DEAD_LETTERED, "reason" => reason);
+        Self {
+            no_handler: reason("no_handler"),
+            no_handler_consumed: counter!(
+                metric::MESSAGES_CONSUMED,
+                "handler" => "none",
+                "outcome" => "dead_lettered"
+            ),
+            undecodable: reason("undecodable"),
+            handler_failed: reason("handler_failed"),
+        }
+    }
+}
+
 impl Dispatcher {
     pub(crate) fn new(handlers: Vec<Handler>, publisher: Publisher, retry: RetryPolicy) -> Self {
         Self {
+            metrics: handlers
+                .iter()
+                .map(|handler| HandlerMetrics::new(handler.name()))
+                .collect(),
+            dead_letters: DeadLetterMetrics::new(),
             handlers,
             publisher,
             retry,
@@ -94,12 +151,15 @@ impl Dispatcher {
                 replies: Vec::new(),
             };
         }
-        let matching: Vec<&Handler> = self
+        let matching: Vec<(&Handler, &HandlerMetrics)> = self
             .handlers
             .iter()
-            .filter(|handler| handler.matches(&message.routing_key))
+            .zip(&self.metrics)
+            .filter(|(handler, _)| handler.matches(&message.routing_key))
             .collect();
         if matching.is_empty() {
+            self.dead_letters.no_handler.increment(1);
+            self.dead_letters.no_handler_consumed.increment(1);
             return Outcome::DeadLettered {
                 reason: format!(
                     "no handler matches routing key {:?} (was a handler removed while its \
@@ -113,10 +173,12 @@ impl Dispatcher {
         let context = Context::new(Arc::clone(&message), self.publisher.clone());
         // Decode for every handler before running any, so an undecodable message runs none.
         let mut runs = Vec::with_capacity(matching.len());
-        for handler in matching {
+        for (handler, metrics) in matching {
             match handler.start(context.clone()) {
-                Ok(run) => runs.push((handler, run)),
+                Ok(run) => runs.push((handler, metrics, run)),
                 Err(error) => {
+                    self.dead_letters.undecodable.increment(1);
+                    metrics.dead_lettered.increment(1);
                     return Outcome::DeadLettered {
                         reason: format!("cannot decode the body: {error}"),
                         handler: Some(handler.name()),
@@ -127,16 +189,19 @@ impl Dispatcher {
 
         let mut handlers = Vec::with_capacity(runs.len());
         let mut replies = Vec::new();
-        for (handler, first_run) in runs {
+        for (handler, metrics, first_run) in runs {
             let mut run = first_run;
             let mut retry = 0;
             loop {
+                let started = Instant::now();
                 let result = AssertUnwindSafe(run)
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
+                metrics.duration.record(started.elapsed().as_secs_f64());
                 let error = match result {
                     Ok(reply) => {
+                        metrics.handled.increment(1);
                         handlers.push(handler.name());
                         replies.extend(reply);
                         break;
@@ -144,6 +209,8 @@ impl Dispatcher {
                     Err(error) => error,
                 };
                 if !error.is_retryable() || retry >= self.retry.max_retries {
+                    self.dead_letters.handler_failed.increment(1);
+                    metrics.dead_lettered.increment(1);
                     let attempts = retry + 1;
                     return Outcome::DeadLettered {
                         reason: format!(
@@ -155,6 +222,7 @@ impl Dispatcher {
                     };
                 }
                 retry += 1;
+                metrics.retries.increment(1);
                 let delay = self.retry.delay(retry);
                 warn!(
                     handler = handler.name(),
@@ -166,11 +234,16 @@ impl Dispatcher {
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = stopping.cancelled() => return Outcome::Abandoned,
+                    () = stopping.cancelled() => {
+                        metrics.abandoned.increment(1);
+                        return Outcome::Abandoned;
+                    }
                 }
                 run = match handler.start(context.clone()) {
                     Ok(run) => run,
                     Err(error) => {
+                        self.dead_letters.undecodable.increment(1);
+                        metrics.dead_lettered.increment(1);
                         return Outcome::DeadLettered {
                             reason: format!("cannot decode the body: {error}"),
                             handler: Some(handler.name()),

@@ -22,9 +22,12 @@ use lapin::{
     options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
+use metrics::counter;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, field::Empty, info_span, warn};
+
+use crate::telemetry::{self, metric};
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -176,6 +179,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let body = serde_json::to_vec(body)?;
         let outgoing = Outgoing {
+            kind: Kind::Event,
             exchange: &self.shared.exchange,
             routing_key,
             body: &body,
@@ -189,6 +193,7 @@ impl Publisher {
     /// [`Publisher::publish`].
     pub async fn publish_text(&self, routing_key: &str, text: &str) -> Result<(), PublishError> {
         let outgoing = Outgoing {
+            kind: Kind::Event,
             exchange: &self.shared.exchange,
             routing_key,
             body: text.as_bytes(),
@@ -209,8 +214,26 @@ impl Publisher {
         let body = serde_json::to_vec(body).map_err(PublishError::from)?;
         let reply = match &self.shared.transport {
             Transport::Broker(link) => {
-                link.request(&self.shared, routing_key, body, self.properties(), timeout)
-                    .await?
+                let correlation_id = uuid::Uuid::new_v4().to_string();
+                let (sender, receiver) = oneshot::channel();
+                let _waiting = PendingGuard::insert(&link.pending, &correlation_id, sender);
+                let properties = self
+                    .properties()
+                    .with_correlation_id(correlation_id.as_str().into())
+                    .with_reply_to(REPLY_TO.into());
+                self.send(Outgoing {
+                    kind: Kind::Request,
+                    exchange: &self.shared.exchange,
+                    routing_key,
+                    body: &body,
+                    properties,
+                    mandatory: true,
+                })
+                .await?;
+                tokio::time::timeout(timeout, receiver)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
             }
             Transport::Recording(recording) => {
                 recording.request(&self.shared.exchange, routing_key, body)
@@ -237,6 +260,7 @@ impl Publisher {
             properties = properties.with_correlation_id(id.into());
         }
         let outgoing = Outgoing {
+            kind: Kind::Reply,
             exchange: "",
             routing_key: reply_to,
             body,
@@ -272,6 +296,7 @@ impl Publisher {
             .with_headers(headers)
             .with_delivery_mode(2);
         let outgoing = Outgoing {
+            kind: Kind::DeadLetter,
             exchange: "",
             routing_key: queue,
             body: &message.body,
@@ -309,23 +334,82 @@ impl Publisher {
     }
 
     async fn send(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
-        match &self.shared.transport {
-            Transport::Broker(link) => link.send(outgoing).await,
+        let link = match &self.shared.transport {
+            Transport::Broker(link) => link,
             Transport::Recording(recording) => {
                 recording.record(&outgoing);
-                Ok(())
+                return Ok(());
             }
+        };
+        let kind = outgoing.kind.as_str();
+        let destination = if outgoing.exchange.is_empty() {
+            outgoing.routing_key
+        } else {
+            outgoing.exchange
+        };
+        let span = info_span!(
+            target: "pipeforce::messaging",
+            "publish",
+            otel.name = %format_args!("publish {destination}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = outgoing.exchange,
+            messaging.rabbitmq.destination.routing_key = outgoing.routing_key,
+            messaging.message.id = outgoing.properties.message_id().as_ref().map(|id| id.as_str()),
+            pipeforce.publish.kind = kind,
+            routing_key = outgoing.routing_key,
+        );
+        async move {
+            let mut outgoing = outgoing;
+            let mut headers = outgoing.properties.headers().clone().unwrap_or_default();
+            telemetry::inject_current(&mut telemetry::amqp::HeadersMut(&mut headers));
+            outgoing.properties = outgoing.properties.with_headers(headers);
+            let result = link.send(outgoing).await;
+            match &result {
+                Ok(()) => counter!(metric::MESSAGES_PUBLISHED, "kind" => kind).increment(1),
+                Err(error) => {
+                    counter!(metric::PUBLISH_FAILURES, "kind" => kind).increment(1);
+                    tracing::Span::current().record("otel.status_code", "ERROR");
+                    debug!(%error, "publish failed");
+                }
+            }
+            result
         }
+        .instrument(span)
+        .await
     }
 }
 
 /// One message on its way out.
 struct Outgoing<'a> {
+    kind: Kind,
     exchange: &'a str,
     routing_key: &'a str,
     body: &'a [u8],
     properties: BasicProperties,
     mandatory: bool,
+}
+
+/// What a publish is for, as metrics and spans tell it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Event,
+    Request,
+    Reply,
+    DeadLetter,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Event => "event",
+            Self::Request => "request",
+            Self::Reply => "reply",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
 }
 
 /// Requests waiting for their reply, by correlation id.
@@ -439,34 +523,6 @@ impl BrokerLink {
                 Ok(())
             }
         }
-    }
-
-    async fn request(
-        &self,
-        shared: &Shared,
-        routing_key: &str,
-        body: Vec<u8>,
-        properties: BasicProperties,
-        timeout: Duration,
-    ) -> Result<Option<Vec<u8>>, PublishError> {
-        let correlation_id = uuid::Uuid::new_v4().to_string();
-        let (sender, receiver) = oneshot::channel();
-        let _waiting = PendingGuard::insert(&self.pending, &correlation_id, sender);
-        let properties = properties
-            .with_correlation_id(correlation_id.as_str().into())
-            .with_reply_to(REPLY_TO.into());
-        self.send(Outgoing {
-            exchange: &shared.exchange,
-            routing_key,
-            body: &body,
-            properties,
-            mandatory: true,
-        })
-        .await?;
-        Ok(tokio::time::timeout(timeout, receiver)
-            .await
-            .ok()
-            .and_then(Result::ok))
     }
 }
 

@@ -1,0 +1,145 @@
+//! A minimal OpenTelemetry collector: an OTLP/gRPC trace receiver on a free local port that
+//! keeps every span it gets, built on `opentelemetry-proto`'s generated server types.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A span as the receiver got it, ids in lowercase hex.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub name: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub attributes: BTreeMap<String, String>,
+    /// The attributes of the resource (the service) that sent it.
+    pub resource: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut received = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|resource| attributes(&resource.attributes))
+                .unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push(ReceivedSpan {
+                        name: span.name,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        attributes: attributes(&span.attributes),
+                        resource: resource.clone(),
+                    });
+                }
+            }
+        }
+        self.spans.lock().unwrap().extend(received);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
+    attributes
+        .iter()
+        .map(|attribute| {
+            let value = match attribute
+                .value
+                .as_ref()
+                .and_then(|v: &AnyValue| v.value.as_ref())
+            {
+                Some(Value::StringValue(text)) => text.clone(),
+                Some(Value::IntValue(number)) => number.to_string(),
+                Some(Value::BoolValue(flag)) => flag.to_string(),
+                Some(Value::DoubleValue(number)) => number.to_string(),
+                other => format!("{other:?}"),
+            };
+            (attribute.key.clone(), value)
+        })
+        .collect()
+}
+
+/// The receiver; it stops with the test's runtime.
+pub struct OtlpReceiver {
+    address: SocketAddr,
+    collector: Collector,
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Self { address, collector }
+    }
+
+    /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT` (with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.collector.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until a received span satisfies `wanted`, and returns it.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        wanted: impl Fn(&ReceivedSpan) -> bool,
+        timeout: Duration,
+    ) -> ReceivedSpan {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(span) = self.spans().into_iter().find(&wanted) {
+                return span;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no span {what} within {timeout:?}; received: {:#?}",
+                self.spans()
+                    .iter()
+                    .map(|span| (&span.name, &span.trace_id, &span.attributes))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! A rendered service with probe handlers (`tests/fixtures/probe.rs`) that record each run in
+//! a log file, and [`Scenario`]: one test's names on the broker, its log, and processes of
+//! that service.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
+
+use template_tests::{
+    Render, Rendered, ServiceProcess,
+    amqp::{Broker, Names, total_messages},
+    repo_root,
+};
+
+/// The render with the probe handlers, and its binary.
+pub static PROBE_SERVICE: LazyLock<(Rendered, PathBuf)> = LazyLock::new(|| {
+    let rendered = Render::new("courier")
+        .run()
+        .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
+    std::fs::copy(
+        repo_root().join("tests/fixtures/probe.rs"),
+        rendered.dir.join("src/service/probe.rs"),
+    )
+    .unwrap();
+    let registry = rendered.dir.join("src/service/mod.rs");
+    let original = std::fs::read_to_string(&registry).unwrap();
+    let patched = original
+        .replace("mod hello;", "mod hello;\nmod probe;")
+        .replace(
+            "services.add(HelloService::default());",
+            "services.add(HelloService::default());\n    \
+             services.add(probe::ProbeService::new(services.hub()));",
+        );
+    assert_ne!(
+        original, patched,
+        "src/service/mod.rs changed shape; update this test"
+    );
+    std::fs::write(&registry, patched).unwrap();
+    rendered
+        .cargo(&["build", "--locked"])
+        .assert_success("cargo build of the probe render");
+    let binary = rendered.debug_binary();
+    (rendered, binary)
+});
+
+/// The lines the probe handlers recorded.
+pub struct ProbeLog {
+    file: tempfile::NamedTempFile,
+}
+
+impl ProbeLog {
+    pub fn new() -> Self {
+        Self {
+            file: tempfile::NamedTempFile::new().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.file.path())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// How often each line was recorded.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for line in self.lines() {
+            *counts.entry(line).or_default() += 1;
+        }
+        counts
+    }
+
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[String]) -> bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines();
+            if done(&lines) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?}; recorded: {lines:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One test's names, log and broker connection; `start` runs another service process.
+pub struct Scenario {
+    pub names: Names,
+    pub log: ProbeLog,
+    pub broker: Broker,
+    extra_env: Vec<(&'static str, String)>,
+}
+
+impl Scenario {
+    pub async fn new(extra_env: &[(&'static str, &str)]) -> Self {
+        Self {
+            names: Names::unique(),
+            log: ProbeLog::new(),
+            broker: Broker::connect().await,
+            extra_env: extra_env
+                .iter()
+                .map(|(key, value)| (*key, (*value).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Starts a service process and waits until it consumes.
+    pub async fn start(&self) -> ServiceProcess {
+        let mut env = self.names.env();
+        env.push(("PROBE_LOG", self.log.path()));
+        env.push(("PIPEFORCE_MESSAGING_RETRY_DELAY_MS", "10".to_owned()));
+        env.extend(self.extra_env.iter().cloned());
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+        service
+            .wait_for_status("/health/ready", 200, Duration::from_secs(30))
+            .await;
+        service
+    }
+
+    pub async fn publish(&self, routing_key: &str, body: serde_json::Value) {
+        self.broker
+            .publish_json(&self.names.exchange, routing_key, &body)
+            .await;
+    }
+
+    /// Waits until the service queue holds nothing, ready or unacked.
+    pub async fn wait_until_queue_is_empty(&self) {
+        let queue = self.names.queue();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while total_messages(&queue) != Some(0) {
+            assert!(Instant::now() < deadline, "{queue} did not empty");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Removes the test's queues and exchange even when the test fails half-way.
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let names = self.names.clone();
+        // Drop cannot await, and may run inside the test's runtime: use a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async { Broker::connect().await.delete(&names).await });
+        });
+        let _ = cleanup.join();
+    }
+}
