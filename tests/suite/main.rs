@@ -12,6 +12,7 @@ mod probe;
 mod project;
 mod render;
 mod routing;
+mod shipping;
 
 use std::{path::PathBuf, sync::LazyLock};
 
