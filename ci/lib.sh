@@ -33,3 +33,17 @@ ensure_rabbitmq() {
     echo "ci: RabbitMQ does not listen on 127.0.0.1:5672" >&2
     return 1
 }
+
+# The Python tools the suite validates API documents with. pip may refuse to touch a
+# system-managed Python (PEP 668); --break-system-packages is ignored by older pips.
+ensure_python_tools() {
+    if python3 -c 'import jsonschema, openapi_spec_validator' 2>/dev/null &&
+        command -v schemathesis >/dev/null 2>&1; then
+        return
+    fi
+    echo "ci: installing jsonschema, openapi-spec-validator and schemathesis (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check \
+        jsonschema openapi-spec-validator schemathesis 2>/dev/null ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+            jsonschema openapi-spec-validator schemathesis
+}
