@@ -13,7 +13,7 @@ use pipeforce::{
     warp::{self, Filter, Reply, http::StatusCode},
 };
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{debug, info};
 use utoipa::{OpenApi, ToSchema};
 
 /// The routing key of greeting events.
@@ -97,7 +97,8 @@ impl HelloService {
             .last_name
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(greeting.name.clone());
-        info!(name = %greeting.name, greetings_so_far, "greeting");
+        // Per message: debug, so a busy service does not write a line per greeting.
+        debug!(name = %greeting.name, greetings_so_far, "greeting");
         Ok(GreetingReply {
             text: format!("Hello, {}!", greeting.name),
             greetings_so_far,

@@ -156,8 +156,8 @@ where
 fn request_span(templates: &RouteTemplates, info: &warp::trace::Info<'_>) -> Span {
     let method = info.method();
     let route = templates.find(info.path());
-    // Log lines show method, route and trace id; the semantic-convention attributes go to
-    // the trace only.
+    // The fields are the trace's attributes; log lines show method, route and trace id of
+    // them (see `telemetry`).
     let span = info_span!(
         target: "pipeforce::http",
         "request",
@@ -168,8 +168,6 @@ fn request_span(templates: &RouteTemplates, info: &warp::trace::Info<'_>) -> Spa
         http.route = route,
         http.response.status_code = Empty,
         url.path = info.path(),
-        method = %method,
-        route,
         trace_id = Empty,
     );
     telemetry::continue_trace(&span, &telemetry::http::Headers(info.request_headers()));
