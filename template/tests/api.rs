@@ -5,7 +5,8 @@ use pipeforce::{App, Config};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use {{crate_name}}::{DEFAULTS, service, service::GREETING_KEY};
+use {{crate_name}}::DEFAULTS;
+use {{crate_name}}::service::{self, GREETING_KEY};
 
 /// A running instance of the service and a client for it.
 struct TestApp {
