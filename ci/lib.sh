@@ -47,3 +47,12 @@ ensure_python_tools() {
         python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
             jsonschema openapi-spec-validator schemathesis
 }
+
+# cargo-fuzz, for the bounded fuzzing run of the suite.
+ensure_cargo_fuzz() {
+    if cargo fuzz --version >/dev/null 2>&1; then
+        return
+    fi
+    echo "ci: installing cargo-fuzz (takes a minute or two)" >&2
+    cargo install cargo-fuzz --version 0.13.2 --locked
+}

@@ -5,6 +5,7 @@
 //! 127.0.0.1:5672; `ci/test` provides both.
 
 mod api_docs;
+mod fuzz;
 mod hooks;
 mod hub;
 mod messaging;
