@@ -56,3 +56,12 @@ ensure_cargo_fuzz() {
     echo "ci: installing cargo-fuzz (takes a minute or two)" >&2
     cargo install cargo-fuzz --version 0.13.2 --locked
 }
+
+# cargo-deny, for the license, ban and source checks of a rendered project.
+ensure_cargo_deny() {
+    if cargo deny --version >/dev/null 2>&1; then
+        return
+    fi
+    echo "ci: installing cargo-deny (takes a few minutes)" >&2
+    cargo install cargo-deny --version 0.20.2 --locked
+}
