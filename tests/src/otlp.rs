@@ -33,6 +33,9 @@ pub struct ReceivedSpan {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    /// Keep every span (tests), or only count them (benchmarks).
+    keep: bool,
 }
 
 #[tonic::async_trait]
@@ -41,8 +44,20 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let count: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|resource| &resource.scope_spans)
+            .map(|scope| scope.spans.len())
+            .sum();
+        self.count
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        if !self.keep {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse::default()));
+        }
         let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = resource_spans
                 .resource
                 .map(|resource| attributes(&resource.attributes))
@@ -96,10 +111,23 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
+    /// Starts on a free port, keeping every span.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::listen(0, true).await
+    }
+
+    /// Starts on `port`, only counting the spans ([`OtlpReceiver::count`]).
+    pub async fn start_counting(port: u16) -> Self {
+        Self::listen(port, false).await
+    }
+
+    async fn listen(port: u16, keep: bool) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let collector = Collector::default();
+        let collector = Collector {
+            keep,
+            ..Collector::default()
+        };
         let service = TraceServiceServer::new(collector.clone());
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -114,7 +142,14 @@ impl OtlpReceiver {
         format!("http://{}", self.address)
     }
 
-    /// Every span received so far.
+    /// How many spans arrived so far.
+    pub fn count(&self) -> usize {
+        self.collector
+            .count
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every span received so far (when started with [`OtlpReceiver::start`]).
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.collector.spans.lock().unwrap().clone()
     }

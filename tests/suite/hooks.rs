@@ -68,6 +68,11 @@ fn every_rule_rejects_its_bad_inputs_with_its_message() {
             "underscore",
         ),
         rejected(Render::new("my.service"), &[r#"contains ".""#], "dot"),
+        rejected(
+            Render::new("order--service"),
+            &[r#"contains "--""#, "two '-' in a row"],
+            "double dash",
+        ),
         // injection attempts fail the same rule
         rejected(Render::new("my service"), &[r#"contains " ""#], "space"),
         rejected(Render::new("a\"b"), &[r#"contains "\"""#], "double quote"),
@@ -490,4 +495,162 @@ fn the_git_form_renders_the_same_template() {
 
     let lib = std::fs::read_to_string(destination.path().join("orders/src/lib.rs")).unwrap();
     assert!(lib.contains(r#"service: "orders""#), "{lib}");
+}
+
+/// The hooks' rules written again in Rust, as the specification the generated cases are
+/// judged by.
+mod spec {
+    pub fn dns_label(value: &str) -> bool {
+        let bytes = value.as_bytes();
+        (1..=63).contains(&bytes.len())
+            && bytes[0].is_ascii_lowercase()
+            && bytes[bytes.len() - 1] != b'-'
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    }
+
+    /// The reserved names, read from the `reserved_reason` lists of hooks/rules.rhai.
+    pub fn reserved() -> Vec<String> {
+        let rules =
+            std::fs::read_to_string(template_tests::repo_root().join("hooks/rules.rhai")).unwrap();
+        let start = rules
+            .find("fn reserved_reason")
+            .expect("reserved_reason in rules.rhai");
+        let body = &rules[start..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        body.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .filter(|word| dns_label(word))
+            .collect()
+    }
+
+    pub fn accepts(name: &str, namespace: &str, reserved: &[String]) -> bool {
+        dns_label(name)
+            && !name.contains("--")
+            && dns_label(namespace)
+            && !reserved.iter().any(|word| word == name)
+            && name.len() + 1 + namespace.len() <= 63
+    }
+}
+
+/// A small deterministic generator: the cases are the same on every run.
+struct Cases(u64);
+
+impl Cases {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A well-formed label of `length` characters: a letter, then letters, digits and
+    /// single '-', ending with a letter or digit.
+    fn label(&mut self, length: usize) -> String {
+        let mut label = String::new();
+        while label.len() < length {
+            let last = label.chars().last();
+            let pick = self.below(36);
+            let c = match pick {
+                _ if label.is_empty() => char::from(b'a' + self.below(26) as u8),
+                0..26 => char::from(b'a' + pick as u8),
+                26..33 => char::from(b'0' + (pick - 26) as u8),
+                _ if last == Some('-') || label.len() + 1 == length => 'x',
+                _ => '-',
+            };
+            label.push(c);
+        }
+        label
+    }
+
+    /// A name: well-formed three times in four, otherwise broken in one of many ways.
+    fn name(&mut self, reserved: &[String]) -> String {
+        let length = match self.below(4) {
+            0 => 1 + self.below(3),
+            1 => 25 + self.below(40),
+            _ => 2 + self.below(20),
+        };
+        let mut name = self.label(length);
+        match self.below(16) {
+            0 => reserved[self.below(reserved.len())].clone(),
+            1 => format!("{}{name}", self.below(10)),
+            2 => format!("{name}-"),
+            3 => name.replacen('-', "--", 1) + "--a",
+            4 => {
+                let broken = ['A', '_', ' ', '.', '/', '{', '$', '\'', '"', '\n', 'é', '*'];
+                let at = self.below(name.len() + 1);
+                name.insert(at, broken[self.below(broken.len())]);
+                name
+            }
+            5 if self.below(3) == 0 => String::new(),
+            _ => name,
+        }
+    }
+}
+
+#[test]
+fn generated_answers_are_accepted_exactly_when_the_rules_allow_them() {
+    let reserved = spec::reserved();
+    assert!(reserved.len() > 50, "read the reserved names: {reserved:?}");
+    let mut cases = Cases(0x9e37_79b9_7f4a_7c15);
+    let mut accepted = Vec::new();
+    let mut rejected = 0;
+    let mut mistakes = Vec::new();
+
+    for _ in 0..120 {
+        let name = cases.name(&reserved);
+        let namespace = cases.name(&reserved);
+        let expected = spec::accepts(&name, &namespace, &reserved);
+        match (expected, Render::new(&name).namespace(&namespace).run()) {
+            (true, Ok(rendered)) => {
+                // The manifest of an accepted name is one cargo reads.
+                rendered
+                    .cargo(&[
+                        "metadata",
+                        "--format-version",
+                        "1",
+                        "--no-deps",
+                        "--offline",
+                    ])
+                    .assert_success(&format!("cargo metadata for {name:?}"));
+                accepted.push((name, namespace));
+            }
+            (false, Err(_)) => rejected += 1,
+            (true, Err(failure)) => mistakes.push(format!(
+                "rejected {name:?} / {namespace:?}:\n{}",
+                failure.output
+            )),
+            (false, Ok(_)) => mistakes.push(format!("accepted {name:?} / {namespace:?}")),
+        }
+    }
+
+    assert!(mistakes.is_empty(), "{}", mistakes.join("\n"));
+    assert!(
+        accepted.len() >= 30 && rejected >= 30,
+        "the generator covers both sides: {} accepted, {rejected} rejected",
+        accepted.len()
+    );
+}
+
+/// The longest name the rules allow (with a one-letter namespace) renders into a project that
+/// compiles and is formatted: names appear in code, where their length could matter.
+#[test]
+fn the_longest_allowed_name_renders_a_project_that_builds_and_is_formatted() {
+    let name = format!("a{}00", "0-".repeat(29));
+    assert_eq!(name.len() + "-n".len(), 63, "the ingress label limit");
+    let rendered = Render::new(&name).namespace("n").run().unwrap();
+
+    rendered
+        .cargo(&["fmt", "--all", "--check"])
+        .assert_success("cargo fmt --check");
+    rendered
+        .cargo(&["check", "--locked", "--all-targets"])
+        .assert_success("cargo check");
 }

@@ -4,6 +4,8 @@
 //! Needs cargo-generate 0.23 on PATH and, from the messaging tests on, RabbitMQ on
 //! 127.0.0.1:5672; `ci/test` provides both.
 
+mod api_docs;
+mod fuzz;
 mod hooks;
 mod hub;
 mod messaging;

@@ -27,17 +27,17 @@ pub static PROBE_SERVICE: LazyLock<(Rendered, PathBuf)> = LazyLock::new(|| {
     .unwrap();
     let registry = rendered.dir.join("src/service/mod.rs");
     let original = std::fs::read_to_string(&registry).unwrap();
+    let registration = ".publishes::<Greeting>(GREETING_KEY);\n";
+    assert!(
+        original.contains("mod hello;") && original.contains(registration),
+        "src/service/mod.rs changed shape; update this test:\n{original}"
+    );
     let patched = original
         .replace("mod hello;", "mod hello;\nmod probe;")
         .replace(
-            "services.add(HelloService::default());",
-            "services.add(HelloService::default());\n    \
-             services.add(probe::ProbeService::new(services.hub()));",
+            registration,
+            &format!("{registration}    services.add(probe::ProbeService::new(services.hub()));\n"),
         );
-    assert_ne!(
-        original, patched,
-        "src/service/mod.rs changed shape; update this test"
-    );
     std::fs::write(&registry, patched).unwrap();
     rendered
         .cargo(&["build", "--locked"])
@@ -116,14 +116,20 @@ impl Scenario {
         }
     }
 
-    /// Starts a service process and waits until it consumes.
+    /// Starts a process of the probe service and waits until it consumes.
     pub async fn start(&self) -> ServiceProcess {
+        self.start_binary(&PROBE_SERVICE.1).await
+    }
+
+    /// Starts a process of `binary` (a rendered service) on this scenario's names and waits
+    /// until it consumes.
+    pub async fn start_binary(&self, binary: &std::path::Path) -> ServiceProcess {
         let mut env = self.names.env();
         env.push(("PROBE_LOG", self.log.path()));
         env.push(("PIPEFORCE_MESSAGING_RETRY_DELAY_MS", "10".to_owned()));
         env.extend(self.extra_env.iter().cloned());
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+        let mut service = ServiceProcess::start(binary, &env);
         service
             .wait_for_status("/health/ready", 200, Duration::from_secs(30))
             .await;

@@ -163,3 +163,12 @@ fn a_taken_port_is_a_clear_start_up_error() {
     );
     assert!(output.stderr.contains("caused by"), "{}", output.stderr);
 }
+
+/// Licenses, duplicate crate versions and sources, as `deny.toml` sets them. Advisories need
+/// the RustSec database from GitHub, out of reach here: the rendered CI checks them.
+#[test]
+fn the_rendered_project_passes_cargo_deny() {
+    DEFAULT_RENDER
+        .cargo(&["deny", "--locked", "check", "licenses", "bans", "sources"])
+        .assert_success("cargo deny check licenses bans sources (ci/test installs cargo-deny)");
+}

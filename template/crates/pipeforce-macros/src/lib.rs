@@ -278,6 +278,18 @@ fn expand_handler(
         }
     };
 
+    let body_doc = body.map(|ty| {
+        quote_spanned! {ty.span()=>
+            .with_body({
+                #[allow(unused_imports)]
+                use ::pipeforce::messaging::__private::{
+                    BodyOfJson as _, BodyOfRaw as _, BodyOfSchema as _,
+                };
+                (&&&::pipeforce::messaging::__private::BodyOf::<#ty>::new()).doc()
+            })
+        }
+    });
+
     Ok(quote! {
         ::pipeforce::messaging::Handler::new(#handler_name, &[#(#patterns),*], {
             let service = ::std::sync::Arc::clone(&self);
@@ -295,5 +307,6 @@ fn expand_handler(
                 ::std::result::Result::Ok(run)
             }
         })
+        #body_doc
     })
 }

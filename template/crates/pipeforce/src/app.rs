@@ -18,7 +18,7 @@ use crate::{
     health::Readiness,
     http,
     hub::HubClient,
-    messaging::{Consumer, Dispatcher, Publisher, RetryPolicy},
+    messaging::{Consumer, Dispatcher, Publisher, RetryPolicy, asyncapi},
     services::Services,
 };
 
@@ -30,6 +30,7 @@ pub struct App {
     config: Config,
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    endpoints: http::Endpoints,
     readiness: Readiness,
     consumer: Consumer,
     publisher: Publisher,
@@ -61,11 +62,20 @@ impl App {
         let hub = HubClient::new(&config.hub)?;
         let mut services = Services::new(publisher.clone(), hub);
         register(&mut services);
+        let registered = services.into_registered();
+        let asyncapi = asyncapi::document(&asyncapi::Interface {
+            service: &config.service,
+            version: &config.version,
+            messaging,
+            handlers: &registered.handlers,
+            publishes: &registered.publishes,
+        });
+        let openapi = http::docs::openapi(&config.service, &config.version, registered.apis);
         let retry = RetryPolicy {
             max_retries: messaging.max_retries,
             first_delay: messaging.retry_delay,
         };
-        let dispatcher = Dispatcher::new(services.into_handlers(), publisher.clone(), retry);
+        let dispatcher = Dispatcher::new(registered.handlers, publisher.clone(), retry);
         for handler in dispatcher.handlers() {
             let patterns: Vec<&str> = handler.patterns().iter().map(|p| p.as_str()).collect();
             info!(handler = handler.name(), ?patterns, "registered handler");
@@ -85,6 +95,12 @@ impl App {
             config,
             http_listener,
             http_addr,
+            endpoints: http::Endpoints {
+                readiness: readiness.clone(),
+                services: registered.routes,
+                openapi,
+                asyncapi,
+            },
             readiness,
             consumer,
             publisher,
@@ -111,7 +127,7 @@ impl App {
     /// configured shutdown timeout.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let stopping = CancellationToken::new();
-        let server = warp::serve(http::routes(self.readiness.clone()))
+        let server = warp::serve(http::routes(self.endpoints))
             .incoming(self.http_listener)
             .graceful(stopping.clone().cancelled_owned())
             .run();

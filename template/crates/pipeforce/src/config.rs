@@ -36,6 +36,8 @@ pub struct Defaults {
     pub namespace: &'static str,
     /// The HTTP port: the default for `PIPEFORCE_HTTP_PORT`.
     pub http_port: u16,
+    /// The service's version (its crate's), shown in the API documents.
+    pub version: &'static str,
 }
 
 /// The effective configuration of the service.
@@ -43,6 +45,8 @@ pub struct Defaults {
 pub struct Config {
     /// `PIPEFORCE_SERVICE`: the service name; it names the service's queue.
     pub service: String,
+    /// The service's version, from [`Defaults::version`].
+    pub version: String,
     /// `PIPEFORCE_NAMESPACE`: the PIPEFORCE namespace the service runs in.
     pub namespace: String,
     /// `PIPEFORCE_STAGE`: the stage PIPEFORCE reports (e.g. `dev`, `prod`); informational.
@@ -525,6 +529,7 @@ impl Config {
         let telemetry = telemetry_config(&mut check, env.log_format, &others, &service);
 
         check.finish(Config {
+            version: defaults.version.to_owned(),
             service,
             namespace,
             stage,
@@ -1024,6 +1029,7 @@ mod tests {
         service: "orders",
         namespace: "acme",
         http_port: 8080,
+        version: "1.2.3",
     };
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {

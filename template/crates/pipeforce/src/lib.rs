@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`config`]: the `PIPEFORCE_*` environment, checked all at once.
 //! - [`app`]: [`App`], which binds the HTTP listener in `build` and serves until told to stop.
-//! - [`http`]: the routes every service has (health) and JSON problem responses for errors.
+//! - [`http`]: the HTTP server's routes (health, metrics, API documents, the services'),
+//!   [`Problem`](http::Problem) responses and JSON bodies.
 //! - [`health`]: [`Readiness`](health::Readiness), the conditions `/health/ready` reports.
 //! - [`hub`]: [`HubClient`], which runs pipelines and commands on the PIPEFORCE hub.
 //! - [`messaging`]: `#[service]`/`#[event]` handlers, the consumer and the [`Publisher`].
@@ -35,3 +36,5 @@ pub use error::Error;
 pub use hub::{HubClient, HubError};
 pub use messaging::{Context, HandlerError, Publisher, event, service};
 pub use services::Services;
+/// Re-exported so services build their HTTP routes with the framework's warp.
+pub use warp;

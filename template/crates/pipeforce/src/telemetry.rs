@@ -37,7 +37,12 @@ use opentelemetry_sdk::{
 };
 use tracing::{Span, info, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, filter_fn},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 use crate::{
     Config, Error,
@@ -49,15 +54,17 @@ use crate::{
 const UNTRACED: &str =
     "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,lapin=off,amq_protocol=off";
 
-/// The running telemetry. Dropping it flushes the spans still queued for export.
+/// The running telemetry. Dropping it flushes the spans still queued for export and the log
+/// lines still queued for stderr.
 pub struct Telemetry {
     tracer_provider: SdkTracerProvider,
+    _log_writer: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
         if let Err(error) = self.tracer_provider.shutdown() {
-            eprintln!("flushing traces on shutdown failed: {error}");
+            tracing::warn!(%error, "flushing traces on shutdown failed");
         }
     }
 }
@@ -72,14 +79,21 @@ pub fn init(config: &Config) -> Result<Telemetry, Error> {
         }
         Err(_) => EnvFilter::new("info,warp::filters::trace=off"),
     };
+    // Handlers log on the hot path: a writer thread takes the lines and writes them in
+    // batches, instead of a write system call per line on the handler's thread. It never
+    // drops a line; a full queue makes the logger wait.
+    let (writer, log_writer) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let logs = match telemetry.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .fmt_fields(TerseFields::Text)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_current_span(false)
             .with_span_list(true)
             .fmt_fields(TerseFields::Json)
@@ -97,7 +111,14 @@ pub fn init(config: &Config) -> Result<Telemetry, Error> {
         .with_threads(false)
         .with_location(false)
         .with_context_activation(false)
-        .with_filter(EnvFilter::new(format!("info,{UNTRACED}")));
+        .with_filter(
+            EnvFilter::new(format!("info,{UNTRACED}"))
+                // Log lines at info would become span events, a cost on every message for
+                // what the logs hold anyway; warnings and errors are worth seeing in a trace.
+                .and(filter_fn(|metadata| {
+                    metadata.is_span() || *metadata.level() <= tracing::Level::WARN
+                })),
+        );
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     // Fails only when a subscriber is installed already, e.g. by a test harness: keep that one.
@@ -112,7 +133,10 @@ pub fn init(config: &Config) -> Result<Telemetry, Error> {
         None => info!("no OTLP endpoint configured: traces are not exported"),
     }
     prometheus();
-    Ok(Telemetry { tracer_provider })
+    Ok(Telemetry {
+        tracer_provider,
+        _log_writer: log_writer,
+    })
 }
 
 fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, Error> {
@@ -148,7 +172,20 @@ fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, Error> {
         endpoint: otlp.endpoint.clone(),
         failing: AtomicBool::new(false),
     };
-    Ok(builder.with_batch_exporter(exporter).build())
+    // A service handling tens of thousands of messages a second fills the SDK's default queue
+    // (2048 spans) between two exports; a larger queue and batches ride out bursts instead
+    // of dropping spans. The OTEL_BSP_* variables still win.
+    let mut batch = sdk::BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batch = batch.with_max_queue_size(16_384);
+    }
+    if std::env::var_os("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        batch = batch.with_max_export_batch_size(2_048);
+    }
+    let processor = sdk::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch.build())
+        .build();
+    Ok(builder.with_span_processor(processor).build())
 }
 
 fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, Error> {
@@ -238,27 +275,42 @@ struct TerseVisitor<'a, 'writer> {
     result: std::fmt::Result,
 }
 
+/// Trace attributes worth a place on every log line, under a shorter name.
+fn log_name(field: &str) -> Option<&str> {
+    match field {
+        "messaging.rabbitmq.destination.routing_key" => Some("routing_key"),
+        "http.request.method" => Some("method"),
+        "http.route" => Some("route"),
+        other if for_traces_only(other) => None,
+        other => Some(other),
+    }
+}
+
 impl TerseVisitor<'_, '_> {
     fn write(&mut self, field: &tracing::field::Field, value: std::fmt::Arguments<'_>) {
-        if self.result.is_err() || for_traces_only(field.name()) {
+        if self.result.is_err() {
             return;
         }
+        let Some(name) = log_name(field.name()) else {
+            return;
+        };
         let first = std::mem::replace(&mut self.first, false);
         self.result = match self.format {
-            TerseFields::Text if field.name() == "message" => {
+            TerseFields::Text if name == "message" => {
                 write!(self.writer, "{}{value}", if first { "" } else { " " })
             }
-            TerseFields::Text => write!(
-                self.writer,
-                "{}{}={value}",
-                if first { "" } else { " " },
-                field.name()
-            ),
+            TerseFields::Text => {
+                write!(
+                    self.writer,
+                    "{}{name}={value}",
+                    if first { "" } else { " " }
+                )
+            }
             TerseFields::Json => write!(
                 self.writer,
                 "{}{}:{}",
                 if first { "" } else { "," },
-                serde_json::Value::from(field.name()),
+                serde_json::Value::from(name),
                 serde_json::Value::from(value.to_string())
             ),
         };

@@ -50,7 +50,11 @@ impl TestBroker {
             first_delay: Duration::ZERO,
         };
         Self {
-            dispatcher: Dispatcher::new(services.into_handlers(), publisher.clone(), retry),
+            dispatcher: Dispatcher::new(
+                services.into_registered().handlers,
+                publisher.clone(),
+                retry,
+            ),
             publisher,
             never_stopping: CancellationToken::new(),
         }

@@ -163,7 +163,99 @@ impl Window {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// What the broker would see: every delivery's state after the acks the window sends.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Broker {
+        Outstanding,
+        Acked,
+        SettledByCaller,
+    }
+
+    fn completion() -> impl Strategy<Value = Completion> {
+        prop_oneof![
+            8 => Just(Completion::Ack),
+            1 => Just(Completion::Settled),
+            1 => Just(Completion::Abandoned),
+        ]
+    }
+
+    proptest! {
+        /// However completions arrive and whenever flushes happen, each handled delivery is
+        /// acked exactly once, a multiple ack never covers a delivery that is still running,
+        /// abandoned or settled elsewhere, and its own tag is always outstanding (RabbitMQ
+        /// closes the channel otherwise).
+        #[test]
+        fn every_handled_delivery_is_acked_exactly_once_and_nothing_else_is(
+            kinds in prop::collection::vec(completion(), 1..60),
+            order_seed in any::<u64>(),
+            flushes in prop::collection::vec(any::<bool>(), 60),
+        ) {
+            let count = kinds.len() as u64;
+            let mut order: Vec<u64> = (1..=count).collect();
+            // A deterministic shuffle from the seed.
+            let mut state = order_seed | 1;
+            for i in (1..order.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                order.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+
+            let mut broker = vec![Broker::Outstanding; count as usize + 1];
+            let mut completed = vec![false; count as usize + 1];
+            let mut acked_twice = false;
+            let mut ack = |broker: &mut Vec<Broker>, completed: &[bool], tag: u64, multiple: bool| {
+                assert_eq!(broker[tag as usize], Broker::Outstanding, "ack of a settled tag");
+                let range = if multiple { 1..=tag } else { tag..=tag };
+                for t in range {
+                    match broker[t as usize] {
+                        Broker::Outstanding => {
+                            assert!(completed[t as usize], "delivery {t} acked while running");
+                            assert_eq!(kinds[t as usize - 1], Completion::Ack, "delivery {t} is not to be acked");
+                            broker[t as usize] = Broker::Acked;
+                        }
+                        Broker::Acked if !multiple => acked_twice = true,
+                        _ => {}
+                    }
+                }
+            };
+
+            let mut window = Window::default();
+            for (step, tag) in order.iter().enumerate() {
+                let kind = kinds[*tag as usize - 1];
+                completed[*tag as usize] = true;
+                if kind == Completion::Settled {
+                    broker[*tag as usize] = Broker::SettledByCaller;
+                }
+                window.complete(*tag, kind);
+                if flushes[step]
+                    && let Some(through) = window.take_ack()
+                {
+                    ack(&mut broker, &completed, through, true);
+                }
+            }
+            if let Some(through) = window.take_ack() {
+                ack(&mut broker, &completed, through, true);
+            }
+            for tag in window.acks_beyond_the_run() {
+                ack(&mut broker, &completed, tag, false);
+            }
+
+            prop_assert!(!acked_twice);
+            for tag in 1..=count {
+                let expected = match kinds[tag as usize - 1] {
+                    Completion::Ack => Broker::Acked,
+                    Completion::Settled => Broker::SettledByCaller,
+                    Completion::Abandoned => Broker::Outstanding,
+                };
+                prop_assert_eq!(broker[tag as usize], expected, "delivery {}", tag);
+            }
+        }
+    }
 
     #[test]
     fn only_the_contiguous_run_from_the_oldest_delivery_is_acked() {

@@ -274,8 +274,8 @@ impl Settle {
             properties: delivery.properties,
             redelivered: delivery.redelivered,
         });
-        // Log lines show the routing key and trace id; the semantic-convention attributes
-        // go to the trace only (see `telemetry`).
+        // The fields are the trace's attributes; log lines show the routing key and the
+        // trace id of them (see `telemetry`).
         let span = info_span!(
             target: "pipeforce::messaging",
             "message",
@@ -290,7 +290,6 @@ impl Settle {
             pipeforce.handlers = Empty,
             pipeforce.outcome = Empty,
             error.message = Empty,
-            routing_key = message.routing_key.as_str(),
             trace_id = Empty,
         );
         let headers = message.properties.headers().as_ref();

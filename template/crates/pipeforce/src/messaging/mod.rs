@@ -19,6 +19,7 @@
 //! - A message matching several handlers runs each of them once and is settled once.
 
 mod acks;
+pub mod asyncapi;
 mod consumer;
 mod dispatch;
 mod handler;
@@ -32,7 +33,8 @@ pub use dispatch::{Outcome, RetryPolicy};
 #[doc(hidden)]
 pub use handler::__private;
 pub use handler::{
-    Context, DecodeError, Handler, HandlerError, HandlerFuture, HandlerResult, Message, Service,
+    BodyDoc, Context, DecodeError, Handler, HandlerError, HandlerFuture, HandlerResult, Message,
+    SchemaDoc, Service,
 };
 pub use pattern::{Pattern, PatternError};
 pub use pipeforce_macros::{event, service};

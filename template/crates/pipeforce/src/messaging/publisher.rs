@@ -359,7 +359,6 @@ impl Publisher {
             messaging.rabbitmq.destination.routing_key = outgoing.routing_key,
             messaging.message.id = outgoing.properties.message_id().as_ref().map(|id| id.as_str()),
             pipeforce.publish.kind = kind,
-            routing_key = outgoing.routing_key,
         );
         async move {
             let mut outgoing = outgoing;

@@ -1,0 +1,321 @@
+//! The HTTP server's routes: the framework's (health, metrics, API documents) and the
+//! services', with errors as problem documents and every request instrumented.
+//!
+//! - `GET /health/live`: 200 while the process runs.
+//! - `GET /health/ready`: 200 when every [`Readiness`] condition holds, else 503; the body
+//!   lists each condition.
+//! - `GET /metrics`: the metrics in Prometheus' text format.
+//! - `GET /openapi.json`, `GET /docs`, `GET /asyncapi.json`: see [`docs`].
+//!
+//! Errors are RFC 9457 problem documents ([`Problem`]), so clients get JSON for a wrong path,
+//! method, content type or body just as for a failing endpoint. Every request is a span named
+//! `<METHOD> <route>` that continues the caller's trace (`traceparent`), and is counted and
+//! timed by route and status.
+//!
+//! # Adding endpoints
+//! A service builds a warp filter per endpoint, documents it with `#[utoipa::path]`, and
+//! registers both with [`Services::add_routes`](crate::Services::add_routes). Take JSON bodies
+//! with [`json_body`]; return `Result<impl Reply, Problem>`.
+
+pub mod docs;
+mod problem;
+
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc};
+
+use metrics::{counter, histogram};
+use serde::Serialize;
+use tracing::{Span, debug, field::Empty, info_span};
+use utoipa::ToSchema;
+use warp::{
+    Filter, Rejection, Reply,
+    filters::BoxedFilter,
+    http::StatusCode,
+    reply::{self, Response},
+};
+
+pub use problem::{DEFAULT_BODY_LIMIT, Problem, json_body, json_body_with_limit};
+
+use crate::{
+    health::Readiness,
+    telemetry::{self, metric},
+};
+
+/// A service's endpoints: one boxed warp filter answering with a response.
+pub type Routes = BoxedFilter<(Response,)>;
+
+/// Everything the HTTP server serves.
+pub(crate) struct Endpoints {
+    pub(crate) readiness: Readiness,
+    pub(crate) services: Vec<Routes>,
+    pub(crate) openapi: utoipa::openapi::OpenApi,
+    pub(crate) asyncapi: serde_json::Value,
+}
+
+/// The routes of the service, with every rejection answered as a problem document and every
+/// request traced and measured.
+pub(crate) fn routes(
+    endpoints: Endpoints,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let mut documented: Vec<(String, Vec<String>)> = endpoints
+        .openapi
+        .paths
+        .paths
+        .iter()
+        .map(|(path, item)| (path.clone(), methods(item)))
+        .collect();
+    documented.extend(
+        docs::UI_PATHS
+            .iter()
+            .map(|path| ((*path).to_owned(), vec!["GET".to_owned()])),
+    );
+    let templates = Arc::new(RouteTemplates::new(documented));
+
+    let mut routes: Routes = health(endpoints.readiness)
+        .or(metrics())
+        .unify()
+        .or(docs::routes(&endpoints.openapi, &endpoints.asyncapi))
+        .unify()
+        .boxed();
+    for service_routes in endpoints.services {
+        routes = routes.or(service_routes).unify().boxed();
+    }
+    let routes = routes
+        .or(method_not_allowed(Arc::clone(&templates)))
+        .unify()
+        .recover(problem::recover)
+        .unify();
+    instrument(routes, templates)
+}
+
+/// The HTTP methods a documented path item has operations for.
+fn methods(item: &utoipa::openapi::PathItem) -> Vec<String> {
+    [
+        ("GET", item.get.is_some()),
+        ("PUT", item.put.is_some()),
+        ("POST", item.post.is_some()),
+        ("DELETE", item.delete.is_some()),
+        ("OPTIONS", item.options.is_some()),
+        ("HEAD", item.head.is_some()),
+        ("PATCH", item.patch.is_some()),
+        ("TRACE", item.trace.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, present)| *present)
+    .map(|(method, _)| method.to_owned())
+    .collect()
+}
+
+/// Answers a known path with a method it does not serve: 405 with the `Allow` header RFC 9110
+/// asks for. It runs after the real routes, so it only sees what they turned down.
+fn method_not_allowed(
+    templates: Arc<RouteTemplates>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    warp::path::full().and(warp::method()).and_then(
+        move |path: warp::path::FullPath, method: warp::http::Method| {
+            let allowed = templates
+                .allowed(path.as_str())
+                .map(|methods| methods.join(", "));
+            async move {
+                match allowed {
+                    Some(allow) if !allow.split(", ").any(|m| m == method.as_str()) => {
+                        let problem = Problem::new(
+                            StatusCode::METHOD_NOT_ALLOWED,
+                            format!("{method} is not allowed here; use {allow}"),
+                        );
+                        Ok(
+                            reply::with_header(problem, warp::http::header::ALLOW, allow)
+                                .into_response(),
+                        )
+                    }
+                    _ => Err(warp::reject::not_found()),
+                }
+            }
+        },
+    )
+}
+
+/// Wraps `routes` in a span per request and records the request metrics when it is done.
+fn instrument<F>(
+    routes: F,
+    templates: Arc<RouteTemplates>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static
+where
+    F: Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
+{
+    let span_templates = Arc::clone(&templates);
+    routes
+        .with(warp::log::custom(move |info| {
+            record_request(&templates, &info)
+        }))
+        .with(warp::trace(move |info| {
+            request_span(&span_templates, &info)
+        }))
+        .map(Reply::into_response)
+}
+
+fn request_span(templates: &RouteTemplates, info: &warp::trace::Info<'_>) -> Span {
+    let method = info.method();
+    let route = templates.find(info.path());
+    // The fields are the trace's attributes; log lines show method, route and trace id of
+    // them (see `telemetry`).
+    let span = info_span!(
+        target: "pipeforce::http",
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = Empty,
+        url.path = info.path(),
+        trace_id = Empty,
+    );
+    telemetry::continue_trace(&span, &telemetry::http::Headers(info.request_headers()));
+    telemetry::record_trace_id(&span);
+    span
+}
+
+/// Runs inside the request's span when the response is ready.
+fn record_request(templates: &RouteTemplates, info: &warp::log::Info<'_>) {
+    let route = templates.find(info.path());
+    let status = info.status().as_u16();
+    let method = info.method().to_string();
+    counter!(
+        metric::HTTP_REQUESTS,
+        "method" => method.clone(),
+        "route" => route.to_owned(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    histogram!(metric::HTTP_REQUEST_DURATION, "method" => method, "route" => route.to_owned())
+        .record(info.elapsed().as_secs_f64());
+    let span = Span::current();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    debug!(status, elapsed = ?info.elapsed(), "served");
+}
+
+/// The route templates of the service with their methods: to name spans and label metrics by
+/// route rather than by path (which would give a series per id), and to answer 405s.
+#[derive(Debug, Default)]
+pub struct RouteTemplates {
+    templates: Vec<(String, Vec<String>)>,
+}
+
+impl RouteTemplates {
+    /// Templates like `/greetings/{name}` with their methods: a `{...}` segment matches any
+    /// one segment.
+    pub fn new(templates: Vec<(String, Vec<String>)>) -> Self {
+        Self { templates }
+    }
+
+    fn matching(&self, path: &str) -> Option<&(String, Vec<String>)> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        self.templates.iter().find(|(template, _)| {
+            let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
+            parts.len() == segments.len()
+                && parts.iter().zip(&segments).all(|(part, segment)| {
+                    part == segment || (part.starts_with('{') && part.ends_with('}'))
+                })
+        })
+    }
+
+    /// The first template matching `path`, or `unmatched`.
+    pub fn find(&self, path: &str) -> &str {
+        self.matching(path)
+            .map_or("unmatched", |(template, _)| template.as_str())
+    }
+
+    /// The methods served at `path`, if it is a known route.
+    pub fn allowed(&self, path: &str) -> Option<&[String]> {
+        self.matching(path).map(|(_, methods)| methods.as_slice())
+    }
+}
+
+fn metrics() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static
+{
+    warp::path!("metrics").and(warp::get()).map(|| {
+        let text = telemetry::prometheus().render();
+        reply::with_header(
+            text,
+            "content-type",
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .into_response()
+    })
+}
+
+/// The body of both health endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({ "status": "UP", "checks": { "messaging": "UP" } }))]
+pub struct Health {
+    /// `UP` or `DOWN`.
+    pub status: &'static str,
+    /// Each readiness check by name, `UP` or `DOWN` (empty for liveness).
+    pub checks: BTreeMap<&'static str, &'static str>,
+}
+
+fn up_or_down(up: bool) -> &'static str {
+    if up { "UP" } else { "DOWN" }
+}
+
+fn health(
+    readiness: Readiness,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let live = warp::path!("health" / "live").and(warp::get()).map(|| {
+        let health = Health {
+            status: "UP",
+            checks: BTreeMap::new(),
+        };
+        reply::json(&health).into_response()
+    });
+
+    let ready = warp::path!("health" / "ready")
+        .and(warp::get())
+        .map(move || {
+            let (ready, conditions) = readiness.report();
+            let health = Health {
+                status: up_or_down(ready),
+                checks: conditions
+                    .into_iter()
+                    .map(|(name, up)| (name, up_or_down(up)))
+                    .collect(),
+            };
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply::with_status(reply::json(&health), code).into_response()
+        });
+
+    live.or(ready).unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_named_by_their_route_template() {
+        let get = || vec!["GET".to_owned()];
+        let templates = RouteTemplates::new(vec![
+            ("/health/live".to_owned(), get()),
+            ("/greetings/{name}".to_owned(), get()),
+            ("/greetings".to_owned(), vec!["POST".to_owned()]),
+        ]);
+
+        assert_eq!(templates.find("/health/live"), "/health/live");
+        assert_eq!(templates.find("/greetings/ada"), "/greetings/{name}");
+        assert_eq!(templates.find("/greetings"), "/greetings");
+        assert_eq!(templates.find("/greetings/ada/x"), "unmatched");
+        assert_eq!(templates.find("/"), "unmatched");
+        assert_eq!(
+            templates.allowed("/greetings"),
+            Some(&["POST".to_owned()][..])
+        );
+        assert_eq!(templates.allowed("/nowhere"), None);
+    }
+}
