@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pipeforce::testing::TestBroker;
 
-use {{crate_name}}::service::{self, Greeting, GreetingReply};
+use {{crate_name}}::service::{self, Greeting};
 
 const GREETING: &str = concat!(env!("CARGO_PKG_NAME"), ".greeting");
 
@@ -38,7 +38,7 @@ async fn test_performance_greeting_throughput() {
     let elapsed = started.elapsed();
 
     // Assert: every greeting was handled, so the rate is the rate of real work.
-    let reply: GreetingReply =
+    let reply: service::GreetingReply =
         serde_json::from_value(last_reply.expect("the last greeting was answered")).unwrap();
     assert_eq!(reply.text, "Hello, Ada!");
     assert_eq!(reply.greetings_so_far, GREETINGS as u64);

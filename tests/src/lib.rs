@@ -142,6 +142,7 @@ impl Render {
             dir.display()
         );
         Ok(Rendered {
+            files: relative_files(&dir),
             dir,
             name: self.name.clone(),
             _root: root,
@@ -155,6 +156,9 @@ pub struct Rendered {
     pub dir: PathBuf,
     /// The service name it was rendered with.
     pub name: String,
+    /// The files cargo-generate wrote, listed before any test could add its own
+    /// (fuzz corpora, JUnit reports, lockfiles of tools).
+    files: Vec<PathBuf>,
     _root: TempDir,
 }
 
@@ -173,9 +177,9 @@ impl Rendered {
             .unwrap_or_else(|e| panic!("read {relative}: {e}"))
     }
 
-    /// Every file of the project, relative to its root, sorted.
+    /// Every file the render produced, relative to the project root, sorted.
     pub fn files(&self) -> Vec<PathBuf> {
-        relative_files(&self.dir)
+        self.files.clone()
     }
 
     /// The service binary in the shared target dir (after `cargo build`).

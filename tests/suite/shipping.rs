@@ -395,7 +395,15 @@ fn the_github_workflow_passes_actionlint_and_runs_every_stage() {
         .keys()
         .map(String::as_str)
         .collect();
-    for job in ["fmt", "clippy", "unit", "integration", "image", "deploy"] {
+    for job in [
+        "fmt",
+        "clippy",
+        "deny",
+        "unit",
+        "integration",
+        "image",
+        "deploy",
+    ] {
         assert!(job_names.contains(&job), "no job {job}: {job_names:?}");
     }
     let runs = |job: &str| -> String {
@@ -489,6 +497,11 @@ fn the_gitlab_file_parses_with_the_same_stages() {
             "clippy",
             "check",
             "cargo clippy --locked --workspace --all-targets -- -D warnings",
+        ),
+        (
+            "deny",
+            "check",
+            "cargo deny --locked check advisories licenses bans sources",
         ),
         ("unit", "test", "./run-tests-unit.sh"),
         ("integration", "test", "./run-tests-integration.sh"),
