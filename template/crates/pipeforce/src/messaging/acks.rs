@@ -11,12 +11,20 @@
 //! acked together. Deliveries the caller settled on its own (dead letters) count as completed
 //! but are never the tag of a multiple ack: RabbitMQ rejects an ack for a tag that is no
 //! longer outstanding.
+//!
+//! A delivery that stays in the way (a handler retrying with back-off, a slow one) would hold
+//! back the acks of everything completed after it, until the prefetch window is full of
+//! handled messages and the broker stops delivering. So once the oldest delivery has blocked
+//! the run for [`STALL`], the completions beyond it are acked one by one.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use lapin::{Channel, options::BasicAckOptions, types::DeliveryTag};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tracing::debug;
+
+/// How long the oldest running delivery may hold back the acks of those completed after it.
+const STALL: Duration = Duration::from_millis(50);
 
 /// How a delivery was completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +74,12 @@ async fn run(
 ) {
     let mut window = Window::default();
     let mut deadline: Option<Instant> = None;
+    // The delivery that blocks the run, and since when completions have waited behind it.
+    let mut blocked_by: Option<(DeliveryTag, Instant)> = None;
+    let far = || Instant::now() + Duration::from_secs(3600);
     loop {
-        let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let flush_at = deadline.unwrap_or_else(far);
+        let stalled_at = blocked_by.map_or_else(far, |(_, since)| since + STALL);
         tokio::select! {
             completion = completions.recv() => match completion {
                 Some((tag, completion)) => {
@@ -78,6 +90,11 @@ async fn run(
                     } else if window.pending_acks > 0 && deadline.is_none() {
                         deadline = Some(Instant::now() + interval);
                     }
+                    blocked_by = match (window.blocking(), blocked_by) {
+                        (Some(tag), Some((same, since))) if tag == same => Some((tag, since)),
+                        (Some(tag), _) => Some((tag, Instant::now())),
+                        (None, _) => None,
+                    };
                 }
                 None => break,
             },
@@ -85,12 +102,19 @@ async fn run(
                 flush(&channel, &mut window).await;
                 deadline = None;
             }
+            () = tokio::time::sleep_until(stalled_at), if blocked_by.is_some() => {
+                for tag in window.take_acks_beyond_the_run() {
+                    ack(&channel, tag, false).await;
+                }
+                // Completions from now on wait for the next stall, not this one.
+                blocked_by = None;
+            }
         }
     }
     flush(&channel, &mut window).await;
     // Completions past a gap (an abandoned delivery) are acked one by one: a multiple ack
     // would settle the abandoned one too.
-    for tag in window.acks_beyond_the_run() {
+    for tag in window.take_acks_beyond_the_run() {
         ack(&channel, tag, false).await;
     }
 }
@@ -152,12 +176,22 @@ impl Window {
         self.ack_through.take()
     }
 
-    fn acks_beyond_the_run(&self) -> Vec<DeliveryTag> {
-        self.ahead
-            .iter()
-            .filter(|(_, completion)| **completion == Completion::Ack)
-            .map(|(tag, _)| *tag)
-            .collect()
+    /// The delivery that keeps completions beyond it out of the run, if any.
+    fn blocking(&self) -> Option<DeliveryTag> {
+        (!self.ahead.is_empty()).then_some(self.run_end + 1)
+    }
+
+    /// The completions beyond the run still to be acked, for acking one by one; from now on
+    /// they count as settled, so the run passes them without acking them again.
+    fn take_acks_beyond_the_run(&mut self) -> Vec<DeliveryTag> {
+        let mut tags = Vec::new();
+        for (tag, completion) in &mut self.ahead {
+            if *completion == Completion::Ack {
+                *completion = Completion::Settled;
+                tags.push(*tag);
+            }
+        }
+        tags
     }
 }
 
@@ -192,7 +226,7 @@ mod tests {
         fn every_handled_delivery_is_acked_exactly_once_and_nothing_else_is(
             kinds in prop::collection::vec(completion(), 1..60),
             order_seed in any::<u64>(),
-            flushes in prop::collection::vec(any::<bool>(), 60),
+            flushes in prop::collection::vec(0..3u8, 60),
         ) {
             let count = kinds.len() as u64;
             let mut order: Vec<u64> = (1..=count).collect();
@@ -232,16 +266,26 @@ mod tests {
                     broker[*tag as usize] = Broker::SettledByCaller;
                 }
                 window.complete(*tag, kind);
-                if flushes[step]
-                    && let Some(through) = window.take_ack()
-                {
-                    ack(&mut broker, &completed, through, true);
+                match flushes[step] {
+                    // The run with one multiple ack.
+                    1 => {
+                        if let Some(through) = window.take_ack() {
+                            ack(&mut broker, &completed, through, true);
+                        }
+                    }
+                    // A stall: what is beyond the run, one by one.
+                    2 => {
+                        for tag in window.take_acks_beyond_the_run() {
+                            ack(&mut broker, &completed, tag, false);
+                        }
+                    }
+                    _ => {}
                 }
             }
             if let Some(through) = window.take_ack() {
                 ack(&mut broker, &completed, through, true);
             }
-            for tag in window.acks_beyond_the_run() {
+            for tag in window.take_acks_beyond_the_run() {
                 ack(&mut broker, &completed, tag, false);
             }
 
@@ -293,6 +337,30 @@ mod tests {
         window.complete(5, Completion::Ack);
 
         assert_eq!(window.take_ack(), Some(1));
-        assert_eq!(window.acks_beyond_the_run(), [3, 5]);
+        assert_eq!(window.take_acks_beyond_the_run(), [3, 5]);
+    }
+
+    #[test]
+    fn completions_held_back_by_a_stalled_delivery_are_acked_one_by_one_and_only_once() {
+        let mut window = Window::default();
+        window.complete(2, Completion::Ack);
+        window.complete(3, Completion::Ack);
+        assert_eq!(window.blocking(), Some(1));
+        assert_eq!(window.take_ack(), None);
+
+        assert_eq!(window.take_acks_beyond_the_run(), [2, 3]);
+        assert!(
+            window.take_acks_beyond_the_run().is_empty(),
+            "nothing is acked twice"
+        );
+
+        window.complete(1, Completion::Ack);
+        window.complete(4, Completion::Ack);
+        assert_eq!(window.blocking(), None);
+        assert_eq!(
+            window.take_ack(),
+            Some(4),
+            "1 and 4, past the acked 2 and 3"
+        );
     }
 }

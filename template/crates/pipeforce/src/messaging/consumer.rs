@@ -29,7 +29,7 @@ use metrics::{Gauge, gauge};
 use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, error, field::Empty, info, info_span, warn};
+use tracing::{Instrument, debug, error, field::Empty, info, info_span, warn};
 
 use super::{
     Message, Publisher,
@@ -145,7 +145,7 @@ impl Consumer {
             channel: channel.clone(),
             acks,
             dead_letter_queue: self.config.dead_letter_queue.clone(),
-            stopping: stopping.clone(),
+            session_over: stopping.child_token(),
         });
         let in_flight = TaskTracker::new();
         let ended = loop {
@@ -166,6 +166,9 @@ impl Consumer {
         self.ready.set(false);
         gauge!(metric::BROKER_CONNECTED).set(0.0);
         if let Some(error) = ended {
+            // RabbitMQ delivers everything unacked again, to this or another replica: stop
+            // the retries of this session's deliveries rather than run them twice at once.
+            settle.session_over.cancel();
             return SessionEnd::Lost {
                 error,
                 consumed: true,
@@ -260,13 +263,21 @@ struct Settle {
     channel: Channel,
     acks: Acks,
     dead_letter_queue: String,
-    stopping: CancellationToken,
+    /// Cancelled when the service stops or the session's connection is lost: a handler
+    /// waiting to retry gives up, since its delivery can no longer be settled.
+    session_over: CancellationToken,
 }
 
 impl Settle {
     /// Handles one delivery and settles it, in a span that continues the publisher's trace.
     async fn handle(self: Arc<Self>, delivery: Delivery) {
         let tag = delivery.delivery_tag;
+        if !self.channel.status().connected() {
+            // Received before the connection dropped, and no longer ackable: RabbitMQ
+            // delivers it again, so running its handlers now would run them twice.
+            debug!(tag, "skipping a delivery of a closed channel");
+            return;
+        }
         let message = Arc::new(Message {
             exchange: delivery.exchange.into(),
             routing_key: delivery.routing_key.into(),
@@ -308,7 +319,7 @@ impl Settle {
     async fn dispatch_and_settle(&self, tag: u64, message: Arc<Message>) -> Completion {
         let outcome = self
             .dispatcher
-            .dispatch(Arc::clone(&message), &self.stopping)
+            .dispatch(Arc::clone(&message), &self.session_over)
             .await;
         let span = tracing::Span::current();
         match outcome {
@@ -317,6 +328,14 @@ impl Settle {
                 span.record("pipeforce.outcome", "handled");
                 self.send_replies(&message, replies).await;
                 Completion::Ack
+            }
+            Outcome::DeadLettered { .. } if !self.channel.status().connected() => {
+                // The connection dropped while the handler ran: this delivery can no longer
+                // be acked and RabbitMQ delivers the message again. Copying it to the
+                // dead-letter queue now would leave a duplicate there once the redelivery
+                // dead-letters it too.
+                span.record("pipeforce.outcome", "abandoned");
+                Completion::Abandoned
             }
             Outcome::DeadLettered { reason, handler } => {
                 span.record("pipeforce.handlers", handler);

@@ -290,6 +290,11 @@ impl Publisher {
         if let Some(handler) = handler {
             set("x-pipeforce-handler", handler);
         }
+        // A redelivered message may have been dead-lettered already by a delivery whose ack
+        // was lost with its connection: this marks the copy as a possible duplicate.
+        if message.redelivered {
+            set("x-pipeforce-redelivered", "true");
+        }
         let properties = message
             .properties
             .clone()
