@@ -127,10 +127,11 @@ impl App {
     /// configured shutdown timeout.
     pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> Result<(), Error> {
         let stopping = CancellationToken::new();
-        let server = warp::serve(http::routes(self.endpoints))
-            .incoming(self.http_listener)
-            .graceful(stopping.clone().cancelled_owned())
-            .run();
+        let server = http::serve(
+            self.http_listener,
+            self.endpoints,
+            stopping.clone().cancelled_owned(),
+        );
         let mut server = tokio::spawn(server);
         // Histograms keep their recent samples until they are drained.
         let upkeep = tokio::spawn(async {

@@ -19,6 +19,7 @@
 
 pub mod docs;
 mod problem;
+mod server;
 
 use std::{collections::BTreeMap, convert::Infallible, sync::Arc};
 
@@ -34,6 +35,8 @@ use warp::{
 };
 
 pub use problem::{DEFAULT_BODY_LIMIT, Problem, json_body, json_body_with_limit};
+pub use server::HEADER_READ_TIMEOUT;
+pub(crate) use server::serve;
 
 use crate::{
     health::Readiness,
