@@ -317,8 +317,19 @@ impl ServiceProcess {
         }
     }
 
-    /// Sends `signal` to the process.
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the process; panics with its logs if it has exited already.
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        if let Ok(Some(exit)) = self.child.try_wait() {
+            panic!(
+                "cannot send {signal}: the service exited ({exit}):\n{}",
+                self.logs()
+            );
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, signal).expect("send signal");
     }

@@ -184,7 +184,8 @@ async fn client_errors_are_json_problem_documents_with_their_status() {
     let service = scenario.start_binary(&DEFAULT_BINARY).await;
     let client = reqwest::Client::new();
     let greetings = format!("{}/greetings", service.http);
-    let big = serde_json::json!({ "name": "x".repeat(300 * 1024) }).to_string();
+    // 413 is `http_abuse`'s: a client that sends a whole oversized body may see the
+    // connection close before it reads the answer, a race this table should not run.
 
     let cases = [
         (
@@ -204,14 +205,6 @@ async fn client_errors_are_json_problem_documents_with_their_status() {
             client.delete(&greetings),
             StatusCode::METHOD_NOT_ALLOWED,
             "use POST",
-        ),
-        (
-            client
-                .post(&greetings)
-                .header("content-type", "application/json")
-                .body(big),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "larger",
         ),
         (
             client

@@ -5,8 +5,11 @@
 //! 127.0.0.1:5672; `ci/test` provides both.
 
 mod api_docs;
+mod chaos;
+mod exposure;
 mod fuzz;
 mod hooks;
+mod http_abuse;
 mod hub;
 mod messaging;
 mod observability;
@@ -15,6 +18,7 @@ mod project;
 mod render;
 mod routing;
 mod shipping;
+mod tls;
 
 use std::{path::PathBuf, sync::LazyLock};
 

@@ -124,10 +124,28 @@ impl Scenario {
     /// Starts a process of `binary` (a rendered service) on this scenario's names and waits
     /// until it consumes.
     pub async fn start_binary(&self, binary: &std::path::Path) -> ServiceProcess {
+        self.start_binary_with(binary, &[]).await
+    }
+
+    /// Starts a process of the probe service with more variables than the scenario's.
+    pub async fn start_with(&self, env: &[(&'static str, &str)]) -> ServiceProcess {
+        self.start_binary_with(&PROBE_SERVICE.1, env).await
+    }
+
+    async fn start_binary_with(
+        &self,
+        binary: &std::path::Path,
+        more_env: &[(&'static str, &str)],
+    ) -> ServiceProcess {
         let mut env = self.names.env();
         env.push(("PROBE_LOG", self.log.path()));
         env.push(("PIPEFORCE_MESSAGING_RETRY_DELAY_MS", "10".to_owned()));
         env.extend(self.extra_env.iter().cloned());
+        env.extend(
+            more_env
+                .iter()
+                .map(|(key, value)| (*key, (*value).to_owned())),
+        );
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut service = ServiceProcess::start(binary, &env);
         service
