@@ -165,6 +165,7 @@ pub struct Rendered {
 impl Rendered {
     /// Runs `cargo <args>` in the project with the shared target dir.
     pub fn cargo(&self, args: &[&str]) -> Output {
+        let _alone = shared_target_lock();
         run(Command::new("cargo")
             .current_dir(&self.dir)
             .env("CARGO_TARGET_DIR", shared_target_dir())
@@ -186,6 +187,18 @@ impl Rendered {
     pub fn debug_binary(&self) -> PathBuf {
         shared_target_dir().join("debug").join(&self.name)
     }
+}
+
+/// Held around every cargo run in the shared target dir, and around running what it built.
+///
+/// Cargo serialises builds in one target dir, but not what runs after them: every render's
+/// `pipeforce` crate lands in the same files, so one project's build can replace a library
+/// under another project's doctests or a test binary about to run. Never take it while
+/// initialising a shared render: that may call [`Rendered::cargo`].
+pub fn shared_target_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Every file under `root`, relative to it, sorted.

@@ -20,7 +20,7 @@ use std::{
 };
 
 use serde_json::Value;
-use template_tests::{Output, Render, Rendered, run, shared_target_dir};
+use template_tests::{Output, Render, Rendered, run, shared_target_dir, shared_target_lock};
 
 use crate::DEFAULT_RENDER;
 
@@ -296,12 +296,15 @@ fn test_performance_deliberately_failing() { panic!("DELIBERATE performance fail
 "#,
     )
     .unwrap();
-    let listed = listed_tests(
-        Command::new("cargo")
-            .args(["nextest", "list", "--workspace", "--locked"])
-            .env("CARGO_TARGET_DIR", shared_target_dir()),
-        &project,
-    );
+    let listed = {
+        let _alone = shared_target_lock();
+        listed_tests(
+            Command::new("cargo")
+                .args(["nextest", "list", "--workspace", "--locked"])
+                .env("CARGO_TARGET_DIR", shared_target_dir()),
+            &project,
+        )
+    };
     let failing = BTreeMap::from([
         (Kind::Unit, "a_deliberately_failing_unit_test"),
         (
@@ -759,6 +762,7 @@ print(json.dumps({"totals": totals, "cases": cases}))
 
 /// Runs `run-tests-<kind>.sh` of a checkout, with cargo and the shared target dir.
 fn run_script(project: &Path, kind: &str) -> Output {
+    let _alone = shared_target_lock();
     run(Command::new(project.join(format!("run-tests-{kind}.sh")))
         .current_dir(project)
         .env("CARGO_TARGET_DIR", shared_target_dir())
@@ -935,6 +939,7 @@ fn imitate_docker_build(render: &Rendered, work: &Path) -> BTreeMap<String, Path
             }
             "RUN" if args.starts_with("cargo install ") => {}
             "RUN" => {
+                let _alone = shared_target_lock();
                 run(Command::new("sh")
                     .args(["-c", &args])
                     .current_dir(current.join("app"))
