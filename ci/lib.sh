@@ -35,6 +35,16 @@ ensure_rabbitmq() {
     return 1
 }
 
+# wrk, the HTTP load generator ci/bench uses, from Debian's packages.
+ensure_wrk() {
+    if command -v wrk >/dev/null 2>&1; then
+        return
+    fi
+    echo "ci: installing wrk" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
+}
+
 # cargo-nextest: the rendered project's run-tests scripts run their tests with it.
 ensure_cargo_nextest() {
     if cargo nextest --version >/dev/null 2>&1; then
