@@ -330,6 +330,37 @@ impl ServiceProcess {
         }
     }
 
+    /// Polls `path` until its JSON body satisfies `done`, and returns that body; panics with
+    /// the last body after `timeout`.
+    pub async fn wait_for_json(
+        &self,
+        path: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body: serde_json::Value = client
+                .get(format!("{}{path}", self.http))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+                .json()
+                .await
+                .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"));
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {path} did not get there within {timeout:?}: {body}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

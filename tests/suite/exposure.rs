@@ -2,12 +2,7 @@
 //! connections to the broker only (read from `/proc`, as `ss -tlnp` would); no root and no
 //! writable filesystem.
 
-use std::{
-    collections::BTreeSet,
-    fs,
-    os::unix::fs::PermissionsExt,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, fs, os::unix::fs::PermissionsExt, time::Duration};
 
 use nix::sys::signal::Signal;
 use template_tests::{
@@ -155,22 +150,13 @@ async fn the_service_runs_unprivileged_on_a_read_only_filesystem() {
         .await
         .unwrap();
     assert_eq!(posted.status(), 202);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats: serde_json::Value = client
-            .get(format!("{}/greetings/stats", service.http))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if stats["greetings"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "greeting not handled: {stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    service
+        .wait_for_json(
+            "/greetings/stats",
+            |stats| stats["greetings"] == 1,
+            Duration::from_secs(10),
+        )
+        .await;
     service.signal(Signal::SIGTERM);
     let status = service.wait_for_exit(Duration::from_secs(10)).await;
     Broker::connect().await.delete(&names).await;

@@ -220,23 +220,13 @@ async fn bodies_trickled_slowly_do_not_hold_up_other_clients_and_are_served_in_t
         assert_eq!(response.unwrap().status, 202);
     }
     // All eleven made it through the broker to the service's handler.
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats: Value = client
-            .get(format!("{}/greetings/stats", service.http))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if stats["greetings"] == 11 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{stats}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    service
+        .wait_for_json(
+            "/greetings/stats",
+            |stats| stats["greetings"] == 11,
+            Duration::from_secs(10),
+        )
+        .await;
 }
 
 /// A response read off a raw connection.

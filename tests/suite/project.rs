@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use template_tests::{ServiceProcess, run_with_timeout};
+use template_tests::{ServiceProcess, run_with_timeout, shared_target_dir, shared_target_lock};
 
 use crate::{DEFAULT_BINARY, DEFAULT_RENDER};
 
@@ -102,6 +102,30 @@ fn an_invalid_variable_stops_start_up_with_a_message_naming_it() {
     assert!(stderr.contains("PIPEFORCE_HUB_URL"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("stack backtrace"), "{stderr}");
+}
+
+/// `cargo run`, as the README and `ci/demo` say, starts the service, not the deploy tool.
+#[test]
+fn cargo_run_starts_the_service() {
+    let project = &DEFAULT_RENDER.dir;
+    let _alone = shared_target_lock();
+    let output = run_with_timeout(
+        std::process::Command::new("cargo")
+            .current_dir(project)
+            .env("CARGO_TARGET_DIR", shared_target_dir())
+            .env("PIPEFORCE_HTTP_PORT", "abc")
+            .args(["run", "--locked", "--quiet"]),
+        Duration::from_secs(1200),
+    );
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("PIPEFORCE_HTTP_PORT: expected a port number"),
+        "{}",
+        output.stderr
+    );
 }
 
 #[test]

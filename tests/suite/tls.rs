@@ -83,26 +83,13 @@ async fn the_service_talks_amqps_to_a_broker_with_a_private_ca_and_refuses_other
         .await
         .unwrap();
     assert_eq!(posted.status(), 202, "{}", trusting.logs());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats: Value = client
-            .get(format!("{}/greetings/stats", trusting.http))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if stats == json!({ "greetings": 1, "last_name": "over-tls" }) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the greeting did not come back within 10 s: {stats}\n{}",
-            trusting.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    trusting
+        .wait_for_json(
+            "/greetings/stats",
+            |stats| *stats == json!({ "greetings": 1, "last_name": "over-tls" }),
+            Duration::from_secs(10),
+        )
+        .await;
     // The service names its connection after itself (a client property).
     let service_name = &trusting_names.service;
     let connections = broker.connections();
