@@ -84,13 +84,18 @@ pub struct Broker {
     channel: Channel,
 }
 
+/// A connection of the tests' own, named `template-tests` so that closing a service's
+/// connections ([`close_connections_named`]) never closes it.
+pub async fn connect() -> Connection {
+    let properties = ConnectionProperties::default().with_connection_name("template-tests".into());
+    Connection::connect(AMQP_URL, properties)
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672 (ci/test starts it)")
+}
+
 impl Broker {
     pub async fn connect() -> Self {
-        let properties =
-            ConnectionProperties::default().with_connection_name("template-tests".into());
-        let connection = Connection::connect(AMQP_URL, properties)
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672 (ci/test starts it)");
+        let connection = connect().await;
         let channel = connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())

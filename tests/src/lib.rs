@@ -201,6 +201,19 @@ pub fn shared_target_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A DNS-1123 label, the rule for Kubernetes names: 1 to 63 lowercase letters, digits and
+/// `-`, starting with a letter and not ending with `-`. The hooks enforce it on the answers
+/// and the deploy command on the names it makes.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
 /// Every file under `root`, relative to it, sorted.
 pub fn relative_files(root: &Path) -> Vec<PathBuf> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {

@@ -20,14 +20,14 @@ use std::{
 
 use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties, PublisherConfirm,
+    BasicProperties, PublisherConfirm,
     options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
 use nix::sys::signal::Signal;
 use template_tests::{
     ServiceProcess,
-    amqp::{AMQP_URL, DeadLetter, close_connections_named},
+    amqp::{self, DeadLetter, close_connections_named},
     run,
 };
 
@@ -200,10 +200,7 @@ async fn chaos_run(queue_type: &str) {
 /// long it took once the broker confirmed every one. Confirms are awaited on a task of their
 /// own so that waiting for them does not slow the sending down.
 async fn publish_steadily(exchange: String, sent: Arc<AtomicU64>) -> Duration {
-    let properties = ConnectionProperties::default().with_connection_name("template-tests".into());
-    let connection = Connection::connect(AMQP_URL, properties)
-        .await
-        .expect("connect");
+    let connection = amqp::connect().await;
     let channel = connection.create_channel().await.expect("channel");
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -268,11 +265,7 @@ struct DeadLetterWatch {
 
 impl DeadLetterWatch {
     async fn start(queue: &str) -> Self {
-        let properties =
-            ConnectionProperties::default().with_connection_name("template-tests".into());
-        let connection = Connection::connect(AMQP_URL, properties)
-            .await
-            .expect("connect");
+        let connection = amqp::connect().await;
         let channel = connection.create_channel().await.expect("channel");
         let mut consumer = channel
             .basic_consume(

@@ -500,15 +500,7 @@ fn the_git_form_renders_the_same_template() {
 /// The hooks' rules written again in Rust, as the specification the generated cases are
 /// judged by.
 mod spec {
-    pub fn dns_label(value: &str) -> bool {
-        let bytes = value.as_bytes();
-        (1..=63).contains(&bytes.len())
-            && bytes[0].is_ascii_lowercase()
-            && bytes[bytes.len() - 1] != b'-'
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-    }
+    use template_tests::is_dns_label as dns_label;
 
     /// The reserved names, read from the `reserved_reason` lists of hooks/rules.rhai.
     pub fn reserved() -> Vec<String> {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use template_tests::{Output, Render, Rendered, free_port, shared_target_dir};
+use template_tests::{Output, Render, Rendered, free_port, is_dns_label, shared_target_dir};
 use wiremock::{
     Mock, MockServer, Request, ResponseTemplate,
     matchers::{body_json, body_partial_json, body_string, header, method, path, query_param},
@@ -276,16 +276,6 @@ async fn calls_of(hub: &MockServer, command: &str) -> Vec<Request> {
         .into_iter()
         .filter(|request| request.url.path() == wanted)
         .collect()
-}
-
-fn is_dns_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (1..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1] != b'-'
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ use lapin::{
     types::FieldTable,
 };
 use serde_json::Value;
+use template_tests::amqp::AMQP_URL;
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// One `multiple` ack per this many deliveries, the batching a tuned consumer would use.
 const ACK_EVERY: u64 = 50;
 /// A queue holding fewer messages than `--count` must fail the run, not hang it.
@@ -65,7 +65,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), BoxError> {
     let (queue, count, prefetch) = parse_args()?;
-    let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())

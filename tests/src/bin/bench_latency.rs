@@ -26,8 +26,8 @@ use lapin::{
     types::FieldTable,
 };
 use serde_json::Value;
+use template_tests::amqp::AMQP_URL;
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// RabbitMQ's pseudo-queue for direct reply-to: replies come back on the publishing channel.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// How long replies are awaited after the last request was due; later ones count as missing.
@@ -93,7 +93,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), BoxError> {
     let args = parse_args()?;
-    let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     // Direct reply-to needs the consumer on the publishing channel before the first request.
     let replies = channel

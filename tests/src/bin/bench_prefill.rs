@@ -12,8 +12,8 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::FieldTable,
 };
+use template_tests::amqp::AMQP_URL;
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Messages in flight before waiting for the broker's confirms: large enough to keep the
 /// broker busy, small enough that a rejected batch is noticed early.
 const CONFIRM_BATCH: u64 = 10_000;
@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), BoxError> {
     let args = parse_args()?;
-    let conn = Connection::connect(URL, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     // Publishing to the default exchange needs the queue to exist, or every message is lost.
     if args.exchange.is_empty() {
