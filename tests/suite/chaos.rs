@@ -5,8 +5,9 @@
 //!
 //! At the end every message was handled or sits in the dead-letter queue with its reason, and
 //! anything that happened twice happened on a delivery RabbitMQ flagged as redelivered, i.e.
-//! one that an interruption cut short. Run once on a classic and once on a quorum queue; the
-//! figures are printed.
+//! one that an interruption cut short, and there are few of those: at most
+//! [`DUPLICATES_PER_CLOSE`] per forced close and replica. Run once on a classic and once on a
+//! quorum queue; the figures are printed.
 
 use std::{
     collections::BTreeMap,
@@ -37,6 +38,14 @@ const MESSAGES: u64 = 50_000;
 const PER_SECOND: u64 = 2_000;
 /// Runs of a failing handler per delivery: the first and `PIPEFORCE_MESSAGING_MAX_RETRIES` (3).
 const RUNS_PER_DELIVERY: usize = 4;
+
+/// The most duplicate handler runs one forced close of a replica's connections may cause: the
+/// deliveries handled but not yet acked when it happens. A prefetch window (200) would mean
+/// acks lag far behind the handlers.
+const DUPLICATES_PER_CLOSE: usize = 25;
+
+/// Replicas running at any time.
+const REPLICAS: usize = 2;
 
 /// What the test breaks, and when: after this many messages were sent. Counted in messages
 /// rather than seconds so the breakages spread over the run however busy the machine is.
@@ -135,9 +144,12 @@ async fn chaos_run(queue_type: &str) {
         match breakage {
             Breakage::CloseConnections => {
                 let service = scenario.names.service.clone();
-                let closed = tokio::task::spawn_blocking(move || close_connections_named(&service))
-                    .await
-                    .unwrap();
+                let closed = tokio::task::spawn_blocking(move || {
+                    close_connections_named(&service)
+                        + close_connections_named(&format!("{service}-publish"))
+                })
+                .await
+                .unwrap();
                 assert!(closed >= 1, "no connection of the service to close");
             }
             Breakage::RestartReplica => {
@@ -191,6 +203,7 @@ async fn chaos_run(queue_type: &str) {
     );
     outcome.assert_nothing_lost();
     outcome.assert_duplicates_only_on_redelivery();
+    outcome.assert_few_duplicates_per_close();
     outcome.assert_no_handler_ran_after_dead_lettering();
     outcome.assert_every_replica_worked();
     assert_no_secret_in_logs(&stopped, &[&user.password, &token]);
@@ -473,6 +486,11 @@ impl Outcome {
             "  handler runs after dead-lettering: {}",
             self.runs_after_dead_lettering().len()
         );
+        let _ = writeln!(
+            text,
+            "  duplicate runs per forced close and replica: {:.1} (at most {DUPLICATES_PER_CLOSE})",
+            self.duplicate_runs() as f64 / (Self::forced_closes() * REPLICAS) as f64
+        );
         let _ = writeln!(text, "  runs by replica: {:?}", self.runs_by_replica());
         let _ = writeln!(text, "  lost: {}", self.missing().len());
         let _ = write!(
@@ -544,6 +562,24 @@ impl Outcome {
                 "message {id} was dead-lettered twice from first deliveries: {letters:?}"
             );
         }
+    }
+
+    fn forced_closes() -> usize {
+        PLAN.iter()
+            .filter(|(_, breakage)| *breakage == Breakage::CloseConnections)
+            .count()
+    }
+
+    /// Duplicates, all of them redeliveries, stay within a few per forced close and replica:
+    /// acks do not lag behind the handlers, and deliveries of a closed connection do not run.
+    fn assert_few_duplicates_per_close(&self) {
+        let bound = DUPLICATES_PER_CLOSE * Self::forced_closes() * REPLICAS;
+        assert!(
+            self.duplicate_runs() <= bound,
+            "{} duplicate runs for {} forced closes of {REPLICAS} replicas; at most {bound}",
+            self.duplicate_runs(),
+            Self::forced_closes()
+        );
     }
 
     /// Once a message is in the dead-letter queue its handler does not run again, except on

@@ -18,7 +18,7 @@ use crate::{
     health::Readiness,
     http,
     hub::HubClient,
-    messaging::{Consumer, Dispatcher, Publisher, RetryPolicy, asyncapi},
+    messaging::{Consumer, Dispatcher, Publisher, RetryPolicy, TimeLimits, asyncapi},
     services::Services,
 };
 
@@ -75,7 +75,11 @@ impl App {
             max_retries: messaging.max_retries,
             first_delay: messaging.retry_delay,
         };
-        let dispatcher = Dispatcher::new(registered.handlers, publisher.clone(), retry);
+        let dispatcher = Dispatcher::new(registered.handlers, publisher.clone(), retry)
+            .with_limits(TimeLimits {
+                handler: Some(messaging.handler_timeout),
+                consumer: Some(messaging.consumer_timeout),
+            });
         for handler in dispatcher.handlers() {
             let patterns: Vec<&str> = handler.patterns().iter().map(|p| p.as_str()).collect();
             info!(handler = handler.name(), ?patterns, "registered handler");
@@ -154,8 +158,8 @@ impl App {
         info!("shutting down: no new requests or deliveries, finishing the ones in flight");
         stopping.cancel();
         upkeep.abort();
-        // The consumer bounds its wait for handlers by the same timeout; the margin lets it
-        // flush acks and close the connection after that.
+        // The consumer keeps to the same timeout, closing included; the margin only covers
+        // the HTTP server's last responses.
         let timeout = self.config.shutdown_timeout;
         let finished = tokio::time::timeout(timeout + Duration::from_secs(2), async {
             let _ = tokio::join!(server, consumer);

@@ -243,8 +243,18 @@ pub struct MessagingConfig {
     /// message is dead-lettered (0 to 100, default 3).
     pub max_retries: u32,
     /// `PIPEFORCE_MESSAGING_RETRY_DELAY_MS`: the wait before the first retry, doubled for each
-    /// further one (0 to 60000, default 200).
+    /// further one (0 to 60000, default 200), up to 60 s, each with a random part of up to as
+    /// much again.
     pub retry_delay: Duration,
+    /// `PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS`: how long one handler run may take (1 to
+    /// 3600, default 60); a run past it counts as a failure, retried and then dead-lettered.
+    pub handler_timeout: Duration,
+    /// `PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS`: the broker's `consumer_timeout` (1 to
+    /// 604800, default 1800, RabbitMQ's default). RabbitMQ closes the channel of a delivery
+    /// unacked for that long and the message starts over; so a failing message is
+    /// dead-lettered instead of retried when the next retry could not end before it. Set it
+    /// to the broker's value.
+    pub consumer_timeout: Duration,
 }
 
 /// One broker of [`MessagingConfig::addresses`].
@@ -509,6 +519,30 @@ impl Config {
                 |value| {
                     let millis: u64 = value.parse().ok()?;
                     (millis <= 60_000).then(|| Duration::from_millis(millis))
+                },
+            ),
+            handler_timeout: check.parse_with(
+                "PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS",
+                env.messaging_handler_timeout_secs,
+                Duration::from_secs(60),
+                "a whole number of seconds from 1 to 3600",
+                |value| {
+                    let secs: u64 = value.parse().ok()?;
+                    (1..=3600)
+                        .contains(&secs)
+                        .then(|| Duration::from_secs(secs))
+                },
+            ),
+            consumer_timeout: check.parse_with(
+                "PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS",
+                env.messaging_consumer_timeout_secs,
+                Duration::from_secs(1800),
+                "a whole number of seconds from 1 to 604800",
+                |value| {
+                    let secs: u64 = value.parse().ok()?;
+                    (1..=604_800)
+                        .contains(&secs)
+                        .then(|| Duration::from_secs(secs))
                 },
             ),
         };
@@ -835,6 +869,8 @@ struct Env {
     messaging_prefetch: Option<String>,
     messaging_max_retries: Option<String>,
     messaging_retry_delay_ms: Option<String>,
+    messaging_handler_timeout_secs: Option<String>,
+    messaging_consumer_timeout_secs: Option<String>,
     messaging_username: Option<String>,
     messaging_password: Option<String>,
     messaging_default_topic: Option<String>,
@@ -1162,6 +1198,28 @@ mod tests {
                 "PIPEFORCE_MESSAGING_QUEUE_TYPE",
                 "PIPEFORCE_MESSAGING_TLS",
                 "PIPEFORCE_MESSAGING_TLS_CA_FILE",
+            ]
+        );
+    }
+
+    #[test]
+    fn messaging_time_limits_default_to_rabbitmqs_and_are_range_checked() {
+        let defaults = config(&[]).unwrap().messaging;
+        assert_eq!(defaults.handler_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.consumer_timeout, Duration::from_secs(1800));
+
+        let error = config(&[
+            ("PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS", "0"),
+            ("PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS", "30m"),
+        ])
+        .unwrap_err();
+        let mut variables = problem_variables(&error);
+        variables.sort_unstable();
+        assert_eq!(
+            variables,
+            [
+                "PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS",
+                "PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS",
             ]
         );
     }

@@ -396,6 +396,9 @@ pub mod metric {
     /// Counter: messages sent to the dead-letter queue, by `reason` (`undecodable`,
     /// `handler_failed`, `no_handler`).
     pub const MESSAGES_DEAD_LETTERED: &str = "pipeforce_messages_dead_lettered_total";
+    /// Counter: copies to the dead-letter queue the broker refused (the queue is missing or
+    /// full); each is retried, its message waits unacked meanwhile.
+    pub const DEAD_LETTER_FAILURES: &str = "pipeforce_dead_letter_failures_total";
     /// Gauge: handler runs in progress.
     pub const HANDLERS_IN_FLIGHT: &str = "pipeforce_handlers_in_flight";
     /// Counter: messages published and confirmed, by `kind` (`event`, `request`, `reply`,

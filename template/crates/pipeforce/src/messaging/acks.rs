@@ -8,19 +8,22 @@
 //!
 //! Handlers finish out of order, and `multiple=true` covers every outstanding delivery up to
 //! the tag, so only the *contiguous* run of completed deliveries from the oldest one is ever
-//! acked together. Deliveries the caller settled on its own (dead letters) count as completed
-//! but are never the tag of a multiple ack: RabbitMQ rejects an ack for a tag that is no
-//! longer outstanding.
+//! acked together. This task is the only one that settles deliveries (dead letters are acked
+//! here too, once their copy is confirmed), so no ack is ever sent for a tag twice.
 //!
 //! A delivery that stays in the way (a handler retrying with back-off, a slow one) would hold
 //! back the acks of everything completed after it, until the prefetch window is full of
-//! handled messages and the broker stops delivering. So once the oldest delivery has blocked
-//! the run for [`STALL`], the completions beyond it are acked one by one.
+//! handled messages and the broker stops delivering, and a dropped connection would hand all
+//! of them out again. So once the oldest delivery has blocked the run for [`STALL`], the
+//! completions beyond it are acked one by one, on the same cadence as the run, every ack of a
+//! flush sent at once.
 
 use std::{collections::BTreeMap, time::Duration};
 
+use futures_util::future::join_all;
 use lapin::{Channel, options::BasicAckOptions, types::DeliveryTag};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 /// How long the oldest running delivery may hold back the acks of those completed after it.
@@ -31,9 +34,10 @@ const STALL: Duration = Duration::from_millis(50);
 pub(crate) enum Completion {
     /// Handled: to be acked by this task.
     Ack,
-    /// Already settled by the caller (acked or rejected on its own): only moves the run on.
+    /// Already acked on its own (beyond the run): only moves the run on.
     Settled,
-    /// Left unsettled on purpose (shutdown): must never be covered by a multiple ack.
+    /// Left unsettled on purpose (the session is over): must never be covered by a multiple
+    /// ack, so that the broker delivers it again.
     Abandoned,
 }
 
@@ -47,8 +51,9 @@ impl Acks {
     /// Starts the ack task for `channel`, whose delivery tags start at 1.
     pub(crate) fn spawn(channel: Channel, batch: usize, interval: Duration) -> (Self, AckTask) {
         let (completions, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(channel, receiver, batch.max(1), interval));
-        (Self { completions }, AckTask(task))
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(channel, receiver, stop.clone(), batch.max(1), interval));
+        (Self { completions }, AckTask { task, stop })
     }
 
     pub(crate) fn complete(&self, tag: DeliveryTag, completion: Completion) {
@@ -57,79 +62,90 @@ impl Acks {
     }
 }
 
-/// The running ack task. It ends, after a final flush, once every [`Acks`] is dropped.
-pub(crate) struct AckTask(JoinHandle<()>);
+/// The running ack task.
+pub(crate) struct AckTask {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
 
 impl AckTask {
+    /// Acks what has completed so far and ends the task; completions reported later are
+    /// never acked (the broker delivers those messages again).
     pub(crate) async fn finish(self) {
-        let _ = self.0.await;
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 
 async fn run(
     channel: Channel,
     mut completions: mpsc::UnboundedReceiver<(DeliveryTag, Completion)>,
+    stop: CancellationToken,
     batch: usize,
     interval: Duration,
 ) {
     let mut window = Window::default();
-    let mut deadline: Option<Instant> = None;
-    // The delivery that blocks the run, and since when completions have waited behind it.
+    let mut flush_at: Option<Instant> = None;
+    // The delivery that blocks the run, and since when.
     let mut blocked_by: Option<(DeliveryTag, Instant)> = None;
+    let stalled_at =
+        |blocked_by: Option<(DeliveryTag, Instant)>| blocked_by.map(|(_, since)| since + STALL);
+    let stalled =
+        |blocked_by| stalled_at(blocked_by).is_some_and(|at: Instant| at <= Instant::now());
     let far = || Instant::now() + Duration::from_secs(3600);
     loop {
-        let flush_at = deadline.unwrap_or_else(far);
-        let stalled_at = blocked_by.map_or_else(far, |(_, since)| since + STALL);
+        let stall_pending = window.acks_beyond > 0 && !stalled(blocked_by);
         tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
             completion = completions.recv() => match completion {
                 Some((tag, completion)) => {
                     window.complete(tag, completion);
-                    if window.pending_acks >= batch {
-                        flush(&channel, &mut window).await;
-                        deadline = None;
-                    } else if window.pending_acks > 0 && deadline.is_none() {
-                        deadline = Some(Instant::now() + interval);
-                    }
                     blocked_by = match (window.blocking(), blocked_by) {
                         (Some(tag), Some((same, since))) if tag == same => Some((tag, since)),
                         (Some(tag), _) => Some((tag, Instant::now())),
                         (None, _) => None,
                     };
+                    let pending = window.pending(stalled(blocked_by));
+                    if pending >= batch {
+                        send(&channel, window.take(stalled(blocked_by))).await;
+                        flush_at = None;
+                    } else if pending > 0 && flush_at.is_none() {
+                        flush_at = Some(Instant::now() + interval);
+                    }
                 }
                 None => break,
             },
-            () = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
-                flush(&channel, &mut window).await;
-                deadline = None;
+            () = tokio::time::sleep_until(flush_at.unwrap_or_else(far)), if flush_at.is_some() => {
+                send(&channel, window.take(stalled(blocked_by))).await;
+                flush_at = None;
             }
-            () = tokio::time::sleep_until(stalled_at), if blocked_by.is_some() => {
-                for tag in window.take_acks_beyond_the_run() {
-                    ack(&channel, tag, false).await;
-                }
-                // Completions from now on wait for the next stall, not this one.
-                blocked_by = None;
+            () = tokio::time::sleep_until(stalled_at(blocked_by).unwrap_or_else(far)),
+                if stall_pending =>
+            {
+                send(&channel, window.take(true)).await;
+                flush_at = None;
             }
         }
     }
-    flush(&channel, &mut window).await;
-    // Completions past a gap (an abandoned delivery) are acked one by one: a multiple ack
-    // would settle the abandoned one too.
-    for tag in window.take_acks_beyond_the_run() {
-        ack(&channel, tag, false).await;
+    // Whatever completed before the stop; past a gap (an abandoned or still running
+    // delivery) one by one, since a multiple ack would settle the gap too.
+    while let Ok((tag, completion)) = completions.try_recv() {
+        window.complete(tag, completion);
     }
+    send(&channel, window.take(true)).await;
 }
 
-async fn flush(channel: &Channel, window: &mut Window) {
-    if let Some(tag) = window.take_ack() {
-        ack(channel, tag, true).await;
-    }
-}
-
-async fn ack(channel: &Channel, tag: DeliveryTag, multiple: bool) {
-    if let Err(error) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
-        // The channel is gone; the broker requeues everything unacked on it.
-        debug!(%error, tag, "ack not sent");
-    }
+/// Sends `acks` (tag, multiple) together: awaiting each before the next would let the
+/// window fill up with handled messages a dropped connection hands out again.
+async fn send(channel: &Channel, acks: Vec<(DeliveryTag, bool)>) {
+    let sent = acks.iter().map(|&(tag, multiple)| async move {
+        if let Err(error) = channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+            // The channel is gone; the broker requeues everything unacked on it.
+            debug!(%error, tag, "ack not sent");
+        }
+    });
+    join_all(sent).await;
 }
 
 /// The bookkeeping: which deliveries completed and what can be acked together.
@@ -144,6 +160,8 @@ struct Window {
     ack_through: Option<DeliveryTag>,
     /// Completions covered by `ack_through`.
     pending_acks: usize,
+    /// Completions in `ahead` still to be acked.
+    acks_beyond: usize,
     /// An abandoned delivery ended the run for good.
     blocked: bool,
 }
@@ -151,6 +169,9 @@ struct Window {
 impl Window {
     fn complete(&mut self, tag: DeliveryTag, completion: Completion) {
         self.ahead.insert(tag, completion);
+        if completion == Completion::Ack {
+            self.acks_beyond += 1;
+        }
         while !self.blocked {
             let next = self.run_end + 1;
             let Some(completion) = self.ahead.remove(&next) else {
@@ -158,6 +179,7 @@ impl Window {
             };
             match completion {
                 Completion::Ack => {
+                    self.acks_beyond -= 1;
                     self.ack_through = Some(next);
                     self.pending_acks += 1;
                 }
@@ -169,6 +191,25 @@ impl Window {
             }
             self.run_end = next;
         }
+    }
+
+    /// How many acks a flush would send; those beyond the run only once it is stalled.
+    fn pending(&self, stalled: bool) -> usize {
+        self.pending_acks + if stalled { self.acks_beyond } else { 0 }
+    }
+
+    /// The acks to send now, as (tag, multiple): the run's, and if the run is stalled, every
+    /// completion beyond it.
+    fn take(&mut self, stalled: bool) -> Vec<(DeliveryTag, bool)> {
+        let run = self.take_ack().map(|tag| (tag, true));
+        let beyond = if stalled {
+            self.take_acks_beyond_the_run()
+        } else {
+            Vec::new()
+        };
+        run.into_iter()
+            .chain(beyond.into_iter().map(|tag| (tag, false)))
+            .collect()
     }
 
     fn take_ack(&mut self) -> Option<DeliveryTag> {
@@ -185,6 +226,7 @@ impl Window {
     /// they count as settled, so the run passes them without acking them again.
     fn take_acks_beyond_the_run(&mut self) -> Vec<DeliveryTag> {
         let mut tags = Vec::new();
+        self.acks_beyond = 0;
         for (tag, completion) in &mut self.ahead {
             if *completion == Completion::Ack {
                 *completion = Completion::Settled;
@@ -266,27 +308,31 @@ mod tests {
                     broker[*tag as usize] = Broker::SettledByCaller;
                 }
                 window.complete(*tag, kind);
-                match flushes[step] {
-                    // The run with one multiple ack.
-                    1 => {
-                        if let Some(through) = window.take_ack() {
-                            ack(&mut broker, &completed, through, true);
-                        }
+                // 0: no flush; 1: the run only; 2: a stalled run, with what is beyond it.
+                if flushes[step] > 0 {
+                    let stalled = flushes[step] == 2;
+                    let pending = window.pending(stalled);
+                    let acks = window.take(stalled);
+                    let covered: usize = acks
+                        .iter()
+                        .map(|&(tag, multiple)| {
+                            if multiple {
+                                (1..=tag)
+                                    .filter(|t| broker[*t as usize] == Broker::Outstanding)
+                                    .count()
+                            } else {
+                                1
+                            }
+                        })
+                        .sum();
+                    prop_assert_eq!(pending, covered, "pending counts what a flush acks");
+                    for (tag, multiple) in acks {
+                        ack(&mut broker, &completed, tag, multiple);
                     }
-                    // A stall: what is beyond the run, one by one.
-                    2 => {
-                        for tag in window.take_acks_beyond_the_run() {
-                            ack(&mut broker, &completed, tag, false);
-                        }
-                    }
-                    _ => {}
                 }
             }
-            if let Some(through) = window.take_ack() {
-                ack(&mut broker, &completed, through, true);
-            }
-            for tag in window.take_acks_beyond_the_run() {
-                ack(&mut broker, &completed, tag, false);
+            for (tag, multiple) in window.take(true) {
+                ack(&mut broker, &completed, tag, multiple);
             }
 
             prop_assert!(!acked_twice);

@@ -4,21 +4,16 @@
 //! The consumer and the test harness share this code, so what a unit test sees is what the
 //! service does; they differ only in how they settle the outcome with the broker.
 
-use std::{
-    any::Any,
-    collections::{HashSet, VecDeque},
-    panic::AssertUnwindSafe,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{any::Any, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::FutureExt;
 use metrics::{Counter, Histogram, counter, histogram};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Context, Handler, HandlerError, Message, Publisher};
+use super::{Context, DecodeError, Handler, HandlerError, HandlerFuture, Message, Publisher};
 use crate::telemetry::metric;
 
 /// What became of a message.
@@ -48,14 +43,44 @@ pub enum Outcome {
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub max_retries: u32,
-    /// The wait before the first retry; doubled for each further one.
+    /// The wait before the first retry; doubled for each further one, up to
+    /// [`RetryPolicy::MAX_DELAY`], plus a random part of up to as much again so that replicas
+    /// retrying the same failure do not hit a recovering dependency in lock-step.
     pub first_delay: Duration,
 }
 
 impl RetryPolicy {
-    fn delay(&self, retry: u32) -> Duration {
-        self.first_delay
-            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
+    /// The longest wait between two runs, before jitter.
+    pub const MAX_DELAY: Duration = Duration::from_secs(60);
+
+    /// The waits before each retry, in order, with jitter.
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.first_delay)
+            .with_max_delay(Self::MAX_DELAY)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.max_retries as usize)
+            .build()
+    }
+}
+
+/// How long a delivery may take, or `None` for no limit (unit tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TimeLimits {
+    /// One handler run: a run past it counts as a retryable failure.
+    pub(crate) handler: Option<Duration>,
+    /// The broker's `consumer_timeout`: a delivery still unacked after it makes RabbitMQ close
+    /// the channel, and the message starts over. A delivery is dead-lettered rather than
+    /// retried when the next retry could not finish before it (minus a margin).
+    pub(crate) consumer: Option<Duration>,
+}
+
+impl TimeLimits {
+    /// What is kept free of retries before the consumer timeout: for the dead-letter copy,
+    /// the ack, and a clock that runs a little differently on the broker.
+    fn margin(consumer_timeout: Duration) -> Duration {
+        (consumer_timeout / 10).min(Duration::from_secs(60))
     }
 }
 
@@ -67,7 +92,7 @@ pub(crate) struct Dispatcher {
     dead_letters: DeadLetterMetrics,
     publisher: Publisher,
     retry: RetryPolicy,
-    dead_lettered: Mutex<RecentIds>,
+    limits: TimeLimits,
 }
 
 /// Metric handles looked up once, not on every message: a lookup hashes the name and labels.
@@ -127,8 +152,14 @@ impl Dispatcher {
             handlers,
             publisher,
             retry,
-            dead_lettered: Mutex::new(RecentIds::with_capacity(10_000)),
+            limits: TimeLimits::default(),
         }
+    }
+
+    /// The same dispatcher with time limits for handler runs and deliveries.
+    pub(crate) fn with_limits(mut self, limits: TimeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub(crate) fn handlers(&self) -> &[Handler] {
@@ -143,14 +174,7 @@ impl Dispatcher {
         message: Arc<Message>,
         stopping: &CancellationToken,
     ) -> Outcome {
-        if message.redelivered && self.was_dead_lettered(&message) {
-            // Dead-lettered, but the ack was lost with the connection: settle it again
-            // without running handlers a second time.
-            return Outcome::Handled {
-                handlers: Vec::new(),
-                replies: Vec::new(),
-            };
-        }
+        let delivered = Instant::now();
         let matching: Vec<(&Handler, &HandlerMetrics)> = self
             .handlers
             .iter()
@@ -174,7 +198,7 @@ impl Dispatcher {
         // Decode for every handler before running any, so an undecodable message runs none.
         let mut runs = Vec::with_capacity(matching.len());
         for (handler, metrics) in matching {
-            match handler.start(context.clone()) {
+            match start(handler, &context) {
                 Ok(run) => runs.push((handler, metrics, run)),
                 Err(error) => {
                     self.dead_letters.undecodable.increment(1);
@@ -191,13 +215,12 @@ impl Dispatcher {
         let mut replies = Vec::new();
         for (handler, metrics, first_run) in runs {
             let mut run = first_run;
-            let mut retry = 0;
+            let mut delays = self.retry.delays();
+            let mut attempts = 0;
             loop {
+                attempts += 1;
                 let started = Instant::now();
-                let result = AssertUnwindSafe(run)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
+                let result = self.run(run).await;
                 metrics.duration.record(started.elapsed().as_secs_f64());
                 let error = match result {
                     Ok(reply) => {
@@ -208,26 +231,37 @@ impl Dispatcher {
                     }
                     Err(error) => error,
                 };
-                if !error.is_retryable() || retry >= self.retry.max_retries {
+                let failed = || {
                     self.dead_letters.handler_failed.increment(1);
                     metrics.dead_lettered.increment(1);
-                    let attempts = retry + 1;
+                    format!(
+                        "{} failed after {attempts} attempt{}: {error}",
+                        handler.name(),
+                        if attempts == 1 { "" } else { "s" }
+                    )
+                };
+                let Some(delay) = delays.next().filter(|_| error.is_retryable()) else {
+                    return Outcome::DeadLettered {
+                        reason: failed(),
+                        handler: Some(handler.name()),
+                    };
+                };
+                if !self.retry_fits(delivered, delay) {
                     return Outcome::DeadLettered {
                         reason: format!(
-                            "{} failed after {attempts} attempt{}: {error}",
-                            handler.name(),
-                            if attempts == 1 { "" } else { "s" }
+                            "{}; not retried, since another attempt could not finish before \
+                             the broker's consumer timeout \
+                             (PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS)",
+                            failed()
                         ),
                         handler: Some(handler.name()),
                     };
                 }
-                retry += 1;
                 metrics.retries.increment(1);
-                let delay = self.retry.delay(retry);
                 warn!(
                     handler = handler.name(),
                     routing_key = %message.routing_key,
-                    retry,
+                    retry = attempts,
                     ?delay,
                     error = %error,
                     "handler failed; retrying"
@@ -239,7 +273,7 @@ impl Dispatcher {
                         return Outcome::Abandoned;
                     }
                 }
-                run = match handler.start(context.clone()) {
+                run = match start(handler, &context) {
                     Ok(run) => run,
                     Err(error) => {
                         self.dead_letters.undecodable.increment(1);
@@ -255,67 +289,58 @@ impl Dispatcher {
         Outcome::Handled { handlers, replies }
     }
 
-    /// Remembers that `message` went to the dead-letter queue, in case its ack gets lost.
-    pub(crate) fn remember_dead_lettered(&self, message: &Message) {
-        if let Some(id) = message.properties.message_id() {
-            self.dead_lettered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(id.as_str());
-        }
+    /// One handler run, within the handler time limit; a panic or overrun is a failure.
+    async fn run(&self, run: HandlerFuture) -> Result<Option<Vec<u8>>, HandlerError> {
+        let guarded = AssertUnwindSafe(run).catch_unwind();
+        let result = match self.limits.handler {
+            Some(limit) => tokio::time::timeout(limit, guarded).await.map_err(|_| {
+                HandlerError::new(format!(
+                    "the handler did not finish within {} s \
+                     (PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS)",
+                    limit.as_secs()
+                ))
+            })?,
+            None => guarded.await,
+        };
+        result.unwrap_or_else(|panic| {
+            Err(HandlerError::new(format!(
+                "the handler panicked: {}",
+                panic_text(&*panic)
+            )))
+        })
     }
 
-    fn was_dead_lettered(&self, message: &Message) -> bool {
-        message.properties.message_id().as_ref().is_some_and(|id| {
-            self.dead_lettered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains(id.as_str())
-        })
+    /// Whether a retry after `delay` (and its run, up to the handler time limit) can end
+    /// before the broker's consumer timeout, for a message delivered at `delivered`.
+    fn retry_fits(&self, delivered: Instant, delay: Duration) -> bool {
+        let Some(consumer_timeout) = self.limits.consumer else {
+            return true;
+        };
+        let deadline = delivered + consumer_timeout - TimeLimits::margin(consumer_timeout);
+        let handler = self.limits.handler.unwrap_or_default();
+        Instant::now() + delay + handler <= deadline
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    let text = panic
+/// Decodes the body for `handler` and starts it; a decoder that panics (a hand-written
+/// `Deserialize`) is an undecodable body, not a delivery that never completes.
+fn start(handler: &Handler, context: &Context) -> Result<HandlerFuture, DecodeError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| handler.start(context.clone()))).unwrap_or_else(
+        |panic| {
+            Err(DecodeError::new(format!(
+                "decoding panicked: {}",
+                panic_text(&*panic)
+            )))
+        },
+    )
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
         .downcast_ref::<&str>()
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a non-text payload");
-    format!("the handler panicked: {text}")
-}
-
-/// The most recent ids, up to a capacity; the oldest are forgotten first.
-struct RecentIds {
-    order: VecDeque<String>,
-    ids: HashSet<String>,
-    capacity: usize,
-}
-
-impl RecentIds {
-    fn with_capacity(capacity: usize) -> Self {
-        Self {
-            order: VecDeque::with_capacity(capacity),
-            ids: HashSet::with_capacity(capacity),
-            capacity,
-        }
-    }
-
-    fn insert(&mut self, id: &str) {
-        if self.ids.contains(id) {
-            return;
-        }
-        if self.order.len() == self.capacity
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.ids.remove(&oldest);
-        }
-        self.order.push_back(id.to_owned());
-        self.ids.insert(id.to_owned());
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
+        .unwrap_or("a non-text payload")
 }
 
 #[cfg(test)]
@@ -323,23 +348,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_delays_double() {
+    fn retry_delays_double_up_to_the_cap_with_jitter_and_stop_after_the_last_retry() {
         let policy = RetryPolicy {
-            max_retries: 3,
-            first_delay: Duration::from_millis(100),
+            max_retries: 12,
+            first_delay: Duration::from_secs(1),
         };
-        assert_eq!(policy.delay(1), Duration::from_millis(100));
-        assert_eq!(policy.delay(2), Duration::from_millis(200));
-        assert_eq!(policy.delay(3), Duration::from_millis(400));
+        let delays: Vec<Duration> = policy.delays().collect();
+        assert_eq!(delays.len(), 12);
+        for (retry, delay) in delays.iter().enumerate() {
+            let base =
+                (Duration::from_secs(1) * 2u32.pow(retry as u32)).min(RetryPolicy::MAX_DELAY);
+            assert!(
+                base <= *delay && *delay <= base * 2,
+                "retry {retry}: {delay:?} is not within {base:?} and twice that"
+            );
+        }
+        let other: Vec<Duration> = policy.delays().collect();
+        assert_ne!(delays, other, "each message gets delays of its own");
     }
 
     #[test]
-    fn recent_ids_forget_the_oldest_first() {
-        let mut ids = RecentIds::with_capacity(2);
-        ids.insert("a");
-        ids.insert("b");
-        ids.insert("c");
-        assert!(!ids.contains("a"));
-        assert!(ids.contains("b") && ids.contains("c"));
+    fn a_retry_that_cannot_finish_before_the_consumer_timeout_is_not_made() {
+        let dispatcher = Dispatcher::new(
+            Vec::new(),
+            Publisher::recording("test"),
+            RetryPolicy {
+                max_retries: 3,
+                first_delay: Duration::ZERO,
+            },
+        )
+        .with_limits(TimeLimits {
+            handler: Some(Duration::from_secs(60)),
+            consumer: Some(Duration::from_secs(1800)),
+        });
+        let now = Instant::now();
+        assert!(dispatcher.retry_fits(now, Duration::from_secs(60)));
+        // 1800 s minus the 60 s margin leaves 1740 s: 1700 s in, 60 s of delay and 60 s of
+        // run do not fit.
+        let long_ago = now.checked_sub(Duration::from_secs(1700)).unwrap();
+        assert!(!dispatcher.retry_fits(long_ago, Duration::ZERO));
     }
 }

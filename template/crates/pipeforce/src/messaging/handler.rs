@@ -340,6 +340,12 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
+    pub(crate) fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+
     /// Why the body could not be decoded.
     pub fn reason(&self) -> &str {
         &self.reason

@@ -12,10 +12,13 @@
 //!
 //! # Guarantees
 //! - A message is acked only after every matching handler succeeded.
-//! - A failing or panicking handler is retried `PIPEFORCE_MESSAGING_MAX_RETRIES` times with
-//!   doubling delays, then the message is dead-lettered with the error in the
-//!   `x-pipeforce-error` header. A body that does not decode is dead-lettered at once.
-//! - Nothing is requeued in a loop, and nothing is acked twice.
+//! - A failing, panicking or overrunning handler is retried `PIPEFORCE_MESSAGING_MAX_RETRIES`
+//!   times with doubling, capped, jittered delays, then the message is dead-lettered with the
+//!   error in the `x-pipeforce-error` header; sooner when another retry could not finish
+//!   before the broker's consumer timeout. A body that does not decode (or whose decoder
+//!   panics) is dead-lettered at once.
+//! - A message leaves the queue only when its handlers succeeded or the dead-letter queue
+//!   confirmed its copy; nothing is rejected, requeued in a loop, or acked twice.
 //! - A message matching several handlers runs each of them once and is settled once.
 
 mod acks;
@@ -28,7 +31,7 @@ mod publisher;
 mod topology;
 
 pub(crate) use consumer::{Consumer, connect};
-pub(crate) use dispatch::Dispatcher;
+pub(crate) use dispatch::{Dispatcher, TimeLimits};
 pub use dispatch::{Outcome, RetryPolicy};
 #[doc(hidden)]
 pub use handler::__private;

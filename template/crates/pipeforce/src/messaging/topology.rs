@@ -77,7 +77,7 @@ pub(crate) async fn declare(
 }
 
 /// Uses an existing dead-letter queue as it is, or creates a durable classic one.
-async fn declare_dead_letter_queue(
+pub(crate) async fn declare_dead_letter_queue(
     connection: &Connection,
     channel: &Channel,
     name: &str,
