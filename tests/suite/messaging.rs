@@ -180,7 +180,10 @@ async fn a_dropped_connection_is_reestablished_and_no_message_is_lost() {
     let service_name = &scenario.names.service;
     let closed = close_connections_named(service_name)
         + close_connections_named(&format!("{service_name}-publish"));
-    assert!(closed >= 1, "the service's connections were found and closed");
+    assert!(
+        closed >= 1,
+        "the service's connections were found and closed"
+    );
     service
         .wait_for_status("/health/ready", 503, Duration::from_secs(5))
         .await;

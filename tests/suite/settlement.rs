@@ -20,19 +20,23 @@ use template_tests::{
 use crate::probe::Scenario;
 
 #[tokio::test]
-async fn a_deleted_dead_letter_queue_is_declared_again_and_gets_the_message()
-
+async fn a_deleted_dead_letter_queue_is_declared_again_and_gets_the_message() {
     let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
     let _service = scenario.start().await;
     let dead_letter_queue = &scenario.names.dead_letter_queue;
     let connection = amqp::connect().await;
     let channel = connection.create_channel().await.unwrap();
     channel
-        .queue_delete(dead_letter_queue.as_str().into(), QueueDeleteOptions::default())
+        .queue_delete(
+            dead_letter_queue.as_str().into(),
+            QueueDeleteOptions::default(),
+        )
         .await
         .expect("delete the dead-letter queue");
 
-    scenario.publish("probe.fail", json!({ "id": "gone" })).await;
+    scenario
+        .publish("probe.fail", json!({ "id": "gone" }))
+        .await;
 
     let dead = wait_for_dead_letters(&scenario, Duration::from_secs(20)).await;
     assert_eq!(
@@ -47,8 +51,7 @@ async fn a_deleted_dead_letter_queue_is_declared_again_and_gets_the_message()
 }
 
 #[tokio::test]
-async fn a_full_dead_letter_queue_leaves_the_message_waiting_in_the_service_queue()
- {
+async fn a_full_dead_letter_queue_leaves_the_message_waiting_in_the_service_queue() {
     let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
     let dead_letter_queue = &scenario.names.dead_letter_queue;
     let connection = amqp::connect().await;
@@ -77,7 +80,9 @@ async fn a_full_dead_letter_queue_leaves_the_message_waiting_in_the_service_queu
     let service = scenario.start().await;
     let queue = scenario.names.queue();
 
-    scenario.publish("probe.fail", json!({ "id": "full" })).await;
+    scenario
+        .publish("probe.fail", json!({ "id": "full" }))
+        .await;
 
     // The copy is refused again and again; meanwhile the message must not leave its queue.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -97,7 +102,11 @@ async fn a_full_dead_letter_queue_leaves_the_message_waiting_in_the_service_queu
 
     // Once the dead-letter queue has room, the copy goes through.
     let taken = scenario.broker.take_all(dead_letter_queue).await;
-    assert_eq!(taken.len(), 1, "only the filler was in the dead-letter queue");
+    assert_eq!(
+        taken.len(),
+        1,
+        "only the filler was in the dead-letter queue"
+    );
     let dead = wait_for_dead_letters(&scenario, Duration::from_secs(40)).await;
     let body: serde_json::Value = serde_json::from_slice(&dead.body).unwrap();
     assert_eq!(body["id"], "full");
@@ -305,7 +314,10 @@ async fn when_the_broker_cancels_the_consumer_the_session_ends_with_both_connect
         "the relayed message arrived"
     );
     assert_eq!(
-        (connections_named(service_name), connections_named(&publish_name)),
+        (
+            connections_named(service_name),
+            connections_named(&publish_name)
+        ),
         (1, 1),
         "one consuming and one publishing connection, none of the old session"
     );
@@ -319,7 +331,10 @@ async fn close_service_connections(service: &str) {
     })
     .await
     .unwrap();
-    assert!(closed >= 1, "the service's connections were found and closed");
+    assert!(
+        closed >= 1,
+        "the service's connections were found and closed"
+    );
 }
 
 /// Open broker connections named `name`.
