@@ -28,11 +28,11 @@ use lapin::{
 use nix::sys::signal::Signal;
 use template_tests::{
     ServiceProcess,
-    amqp::{self, DeadLetter, close_connections_named},
+    amqp::{self, DeadLetter},
     run,
 };
 
-use crate::probe::Scenario;
+use crate::{probe::Scenario, settlement::close_service_connections};
 
 const MESSAGES: u64 = 50_000;
 const PER_SECOND: u64 = 2_000;
@@ -144,12 +144,10 @@ async fn chaos_run(queue_type: &str) {
         match breakage {
             Breakage::CloseConnections => {
                 let service = scenario.names.service.clone();
-                let closed = tokio::task::spawn_blocking(move || {
-                    close_connections_named(&service)
-                        + close_connections_named(&format!("{service}-publish"))
-                })
-                .await
-                .unwrap();
+                let closed =
+                    tokio::task::spawn_blocking(move || close_service_connections(&service))
+                        .await
+                        .unwrap();
                 assert!(closed >= 1, "no connection of the service to close");
             }
             Breakage::RestartReplica => {

@@ -8,12 +8,9 @@ use std::{
 
 use nix::sys::signal::Signal;
 use serde_json::json;
-use template_tests::{
-    Render,
-    amqp::{close_connections_named, total_messages},
-};
+use template_tests::{Render, amqp::total_messages};
 
-use crate::probe::Scenario;
+use crate::{probe::Scenario, settlement::close_service_connections};
 
 #[tokio::test]
 async fn a_message_is_acked_only_after_its_handler_succeeded() {
@@ -177,9 +174,7 @@ async fn a_dropped_connection_is_reestablished_and_no_message_is_lost() {
             )
             .await;
     }
-    let service_name = &scenario.names.service;
-    let closed = close_connections_named(service_name)
-        + close_connections_named(&format!("{service_name}-publish"));
+    let closed = close_service_connections(&scenario.names.service);
     assert!(
         closed >= 1,
         "the service's connections were found and closed"

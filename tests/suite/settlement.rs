@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use template_tests::{
     ServiceProcess,
-    amqp::{self, DeadLetter, close_connections_named, total_messages},
+    amqp::{self, DeadLetter, total_messages},
     run,
 };
 
@@ -149,7 +149,14 @@ async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_be
         assert!(Instant::now() < deadline, "never delivered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    close_service_connections(&scenario.names.service).await;
+    let service_name = scenario.names.service.clone();
+    let closed = tokio::task::spawn_blocking(move || close_service_connections(&service_name))
+        .await
+        .unwrap();
+    assert!(
+        closed >= 1,
+        "the service's connections were found and closed"
+    );
     service
         .wait_for_status("/health/ready", 200, Duration::from_secs(30))
         .await;
@@ -323,18 +330,35 @@ async fn when_the_broker_cancels_the_consumer_the_session_ends_with_both_connect
     );
 }
 
-/// Closes the service's consuming and publishing connections.
-async fn close_service_connections(service: &str) {
-    let service = service.to_owned();
-    let closed = tokio::task::spawn_blocking(move || {
-        close_connections_named(&service) + close_connections_named(&format!("{service}-publish"))
-    })
-    .await
-    .unwrap();
-    assert!(
-        closed >= 1,
-        "the service's connections were found and closed"
-    );
+/// Closes the service's consuming and publishing connections, listed at once, so that a new
+/// session's connections are not closed too. Returns how many it closed.
+pub fn close_service_connections(service: &str) -> usize {
+    let output = run(std::process::Command::new("rabbitmqctl").args([
+        "--silent",
+        "list_connections",
+        "pid",
+        "client_properties",
+    ]));
+    let markers = [service.to_owned(), format!("{service}-publish")]
+        .map(|name| format!("{{\"connection_name\",\"{name}\"}}"));
+    let mut closed = 0;
+    for line in output.stdout.lines() {
+        if !markers.iter().any(|marker| line.contains(marker.as_str())) {
+            continue;
+        }
+        let Some((pid, _)) = line.split_once('\t') else {
+            continue;
+        };
+        run(std::process::Command::new("rabbitmqctl").args([
+            "--silent",
+            "close_connection",
+            pid,
+            "closed by the template's tests",
+        ]))
+        .assert_success("rabbitmqctl close_connection");
+        closed += 1;
+    }
+    closed
 }
 
 /// Open broker connections named `name`.

@@ -60,6 +60,9 @@ const DEAD_LETTER_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long a completed delivery may wait for its ack to be coalesced with others.
 const ACK_INTERVAL: Duration = Duration::from_millis(5);
 
+/// How often the consumer checks that the publishing connection is still open.
+const PUBLISH_CONNECTION_CHECK: Duration = Duration::from_millis(500);
+
 /// The longest part of the shutdown timeout kept for flushing acks and closing.
 const CLOSING_TIME: Duration = Duration::from_secs(1);
 
@@ -221,10 +224,19 @@ impl Consumer {
             session_over: stopping.child_token(),
         });
         let in_flight = TaskTracker::new();
+        // lapin's connection events go to one listener each, and the publisher may listen:
+        // look at the status instead.
+        let publish_connection = connections.publish.clone();
+        let mut publish_check = tokio::time::interval(PUBLISH_CONNECTION_CHECK);
         let ended = loop {
             tokio::select! {
                 biased;
                 () = stopping.cancelled() => break None,
+                _ = publish_check.tick() => {
+                    if !publish_connection.as_ref().is_some_and(|c| c.status().connected()) {
+                        break Some("the publishing connection was closed".to_owned());
+                    }
+                }
                 delivery = deliveries.next() => match delivery {
                     Some(Ok(delivery)) => {
                         in_flight.spawn(Arc::clone(&settle).handle(delivery));
