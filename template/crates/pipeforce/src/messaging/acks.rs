@@ -26,8 +26,10 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-/// How long the oldest running delivery may hold back the acks of those completed after it.
-const STALL: Duration = Duration::from_millis(50);
+/// How long the oldest running delivery may hold back the acks of those completed after it:
+/// long enough that a delivery finishing a little late still lets one multiple ack cover the
+/// others, short enough that a connection drop meanwhile repeats only a few of them.
+const STALL: Duration = Duration::from_millis(10);
 
 /// How a delivery was completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
