@@ -29,7 +29,7 @@ use tracing::debug;
 /// How long the oldest running delivery may hold back the acks of those completed after it:
 /// long enough that a delivery finishing a little late still lets one multiple ack cover the
 /// others, short enough that a connection drop meanwhile repeats only a few of them.
-const STALL: Duration = Duration::from_millis(10);
+const STALL: Duration = Duration::from_millis(5);
 
 /// How a delivery was completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,9 +97,20 @@ async fn run(
     let far = || Instant::now() + Duration::from_secs(3600);
     loop {
         let stall_pending = window.acks_beyond > 0 && !stalled(blocked_by);
+        // Timers before completions: a steady stream of completions must not hold back acks.
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(flush_at.unwrap_or_else(far)), if flush_at.is_some() => {
+                send(&channel, window.take(stalled(blocked_by))).await;
+                flush_at = None;
+            }
+            () = tokio::time::sleep_until(stalled_at(blocked_by).unwrap_or_else(far)),
+                if stall_pending =>
+            {
+                send(&channel, window.take(true)).await;
+                flush_at = None;
+            }
             completion = completions.recv() => match completion {
                 Some((tag, completion)) => {
                     window.complete(tag, completion);
@@ -118,16 +129,6 @@ async fn run(
                 }
                 None => break,
             },
-            () = tokio::time::sleep_until(flush_at.unwrap_or_else(far)), if flush_at.is_some() => {
-                send(&channel, window.take(stalled(blocked_by))).await;
-                flush_at = None;
-            }
-            () = tokio::time::sleep_until(stalled_at(blocked_by).unwrap_or_else(far)),
-                if stall_pending =>
-            {
-                send(&channel, window.take(true)).await;
-                flush_at = None;
-            }
         }
     }
     // Whatever completed before the stop; past a gap (an abandoned or still running
