@@ -490,6 +490,32 @@ impl Outcome {
             self.duplicate_runs() as f64 / (Self::forced_closes() * REPLICAS) as f64
         );
         let _ = writeln!(text, "  runs by replica: {:?}", self.runs_by_replica());
+        let start = interruptions.first().copied().unwrap_or_default();
+        let mut spans: BTreeMap<&str, (u128, u128)> = BTreeMap::new();
+        for run in self.runs.values().flatten() {
+            let span = spans
+                .entry(run.replica.as_str())
+                .or_insert((run.at_micros, run.at_micros));
+            span.0 = span.0.min(run.at_micros);
+            span.1 = span.1.max(run.at_micros);
+        }
+        let seconds = |at: u128| (at as f64 - start as f64) / 1e6;
+        let _ = writeln!(
+            text,
+            "  runs by replica from/to (s after the first interruption): {:?}; interruptions at {:?}",
+            spans
+                .iter()
+                .map(|(replica, (from, to))| format!(
+                    "{replica} {:.1}/{:.1}",
+                    seconds(*from),
+                    seconds(*to)
+                ))
+                .collect::<Vec<_>>(),
+            interruptions
+                .iter()
+                .map(|at| format!("{:.1}", seconds(*at)))
+                .collect::<Vec<_>>()
+        );
         let _ = writeln!(text, "  lost: {}", self.missing().len());
         let _ = write!(
             text,
