@@ -17,6 +17,7 @@ mod probe;
 mod project;
 mod render;
 mod routing;
+mod secrets;
 mod settlement;
 mod shipping;
 mod tls;
