@@ -17,6 +17,7 @@ use serde_json::json;
 use template_tests::{
     ServiceProcess,
     amqp::{self, DeadLetter, total_messages},
+    node::RabbitNode,
     run,
 };
 
@@ -227,26 +228,50 @@ async fn a_handler_past_its_time_limit_is_retried_then_dead_lettered_naming_the_
     assert!(scenario.log.lines().is_empty(), "no run got to its end");
 }
 
+/// On a node with a 5 s consumer timeout, checked every second (RabbitMQ checks it on the
+/// channel tick, every 60 s by default): retries that would run past it give way to
+/// dead-lettering, instead of the broker closing the channel and the message starting over.
 #[tokio::test]
 async fn retries_that_cannot_finish_before_the_consumer_timeout_give_way_to_dead_lettering() {
-    let scenario = scenario(&[
-        ("PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS", "5"),
-        ("PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS", "1"),
-        ("PIPEFORCE_MESSAGING_MAX_RETRIES", "100"),
-        ("PIPEFORCE_MESSAGING_RETRY_DELAY_MS", "1000"),
-    ])
+    let node = tokio::task::spawn_blocking(|| {
+        RabbitNode::start_with(
+            "consumer_timeout = 5000",
+            "[{rabbit, [{channel_tick_interval, 1000}]}].",
+        )
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(|| LazyLock::force(&PROBE_SERVICE))
+        .await
+        .unwrap();
+    let scenario = Scenario::on_node(
+        &node,
+        &[
+            ("PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS", "5"),
+            ("PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS", "1"),
+            ("PIPEFORCE_MESSAGING_MAX_RETRIES", "100"),
+            ("PIPEFORCE_MESSAGING_RETRY_DELAY_MS", "1000"),
+        ],
+    )
     .await;
     let _service = scenario.start().await;
 
     scenario.publish("probe.fail", json!({ "id": "ct" })).await;
 
-    let dead = wait_for_dead_letters(&scenario, Duration::from_secs(15)).await;
+    let dead = wait_for_dead_letters(&scenario, Duration::from_secs(20)).await;
     let reason = dead.header("x-pipeforce-error").unwrap();
     assert!(
-        reason.contains("not retried, since another attempt could not finish before the broker's consumer timeout"),
+        reason.contains(
+            "not retried, since another attempt could not finish before the broker's consumer \
+             timeout"
+        ),
         "{reason}"
     );
-    assert_eq!(dead.header("x-pipeforce-redelivered"), None, "{dead:?}");
+    assert_eq!(
+        dead.header("x-pipeforce-redelivered"),
+        None,
+        "dead-lettered on its first delivery: {dead:?}"
+    );
     scenario.wait_until_queue_is_empty().await;
 }
 
