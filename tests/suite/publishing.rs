@@ -1,0 +1,228 @@
+//! Publishing that never hangs and never loses what it copies, and the queue arguments that
+//! keep a message which kills the service from crash-looping it.
+
+use std::time::{Duration, Instant};
+
+use lapin::{
+    BasicProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use serde_json::{Value, json};
+use template_tests::{ServiceProcess, amqp, free_port, run};
+
+use crate::probe::{PROBE_SERVICE, Scenario};
+
+/// A message published with a TTL keeps it in the service queue, but its dead-letter copy
+/// must not expire: RabbitMQ's own dead-lettering removes the expiration, and so do we.
+#[tokio::test]
+async fn a_dead_letter_does_not_expire_with_the_message_ttl() {
+    let scenario = Scenario::new(&[]).await;
+    let _service = scenario.start().await;
+    let dead_letter_queue = &scenario.names.dead_letter_queue;
+
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_expiration("1000".into());
+    scenario
+        .broker
+        .publish(
+            &scenario.names.exchange,
+            "probe.ok.ttl",
+            b"not json",
+            properties,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scenario.broker.ready_count(dead_letter_queue).await == 0 {
+        assert!(Instant::now() < deadline, "the poison message was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The point of the test is the TTL running out: wait past it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let dead_letter = scenario
+        .broker
+        .take_one(dead_letter_queue, Duration::from_secs(1))
+        .await
+        .expect("the dead letter expired in the dead-letter queue with the message's TTL");
+    assert_eq!(
+        dead_letter
+            .header("x-pipeforce-original-expiration")
+            .as_deref(),
+        Some("1000")
+    );
+}
+
+/// With the broker unreachable, concurrent publishes each give up after the publish timeout,
+/// rather than one after the other.
+#[tokio::test]
+async fn concurrent_publishes_without_a_broker_each_fail_within_the_timeout() {
+    let names = amqp::Names::unique();
+    let closed_port = free_port().to_string();
+    let mut env = names.env();
+    env.push(("PIPEFORCE_MESSAGING_PORT", closed_port));
+    env.push(("PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS", "2".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+    service
+        .wait_for_status("/health/live", 200, Duration::from_secs(30))
+        .await;
+
+    let client = reqwest::Client::builder()
+        // Bounds the test when publishes wait one after the other (5 × the wait).
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let posts = (0..5).map(|n| {
+        let request = client
+            .post(format!("{}/greetings", service.http))
+            .json(&json!({ "name": format!("caller {n}") }));
+        async move {
+            let status = request.send().await.map(|response| response.status());
+            (status, started.elapsed())
+        }
+    });
+    let results = futures_util::future::join_all(posts).await;
+
+    for (status, elapsed) in &results {
+        let status = status
+            .as_ref()
+            .unwrap_or_else(|error| panic!("no answer: {error}; all: {results:?}"));
+        assert_eq!(status.as_u16(), 503, "{results:?}");
+        // 2 s of publish timeout, plus generous margin; waiting in turn takes 5 × 2 s.
+        assert!(
+            *elapsed < Duration::from_secs(6),
+            "a publish took {elapsed:?}: {results:?}"
+        );
+    }
+}
+
+/// The queue's arguments as `rabbitmqctl list_queues` shows them.
+fn queue_arguments(queue: &str) -> Value {
+    let output = run(std::process::Command::new("rabbitmqctl").args([
+        "-q",
+        "list_queues",
+        "name",
+        "arguments",
+        "--formatter",
+        "json",
+    ]));
+    let queues: Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|error| panic!("list_queues: {error}: {}", output.stdout));
+    queues
+        .as_array()
+        .and_then(|queues| queues.iter().find(|entry| entry["name"] == queue))
+        .map(|entry| entry["arguments"].clone())
+        .unwrap_or_else(|| panic!("no queue {queue}: {}", output.stdout))
+}
+
+/// A message that aborts the process is redelivered when the service comes back. On a
+/// quorum queue the delivery limit ends that: after a few deliveries RabbitMQ dead-letters it.
+#[tokio::test]
+async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
+    let scenario = Scenario::new(&[]).await;
+    let mut env = scenario.names.env();
+    env.push(("PROBE_LOG", scenario.log.path()));
+    env.push(("PIPEFORCE_MESSAGING_QUEUE_TYPE", "quorum".to_owned()));
+    env.push(("PIPEFORCE_MESSAGING_DELIVERY_LIMIT", "2".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+    service
+        .wait_for_status("/health/ready", 200, Duration::from_secs(30))
+        .await;
+
+    let arguments = queue_arguments(&scenario.names.queue()).to_string();
+    for expected in [
+        r#""x-delivery-limit":2"#,
+        r#""x-dead-letter-strategy":"at-least-once""#,
+        r#""x-overflow":"reject-publish""#,
+        r#""x-queue-type":"quorum""#,
+    ] {
+        assert!(arguments.contains(expected), "{expected} in {arguments}");
+    }
+
+    scenario.publish("probe.abort", json!({ "id": "fatal" })).await;
+    let dead_letter_queue = &scenario.names.dead_letter_queue;
+    let mut restarts = 0;
+    loop {
+        // Either the message kills this process, or the broker has dead-lettered it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let dead_lettered = loop {
+            if scenario.broker.ready_count(dead_letter_queue).await > 0 {
+                break true;
+            }
+            if service.wait_for_exit(Duration::from_millis(50)).await.is_some() {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "neither aborted nor dead-lettered:\n{}",
+                service.logs()
+            );
+        };
+        if dead_lettered {
+            break;
+        }
+        restarts += 1;
+        assert!(
+            restarts <= 5,
+            "still crash-looping after {restarts} restarts; runs: {:?}",
+            scenario.log.lines()
+        );
+        // Not waiting for readiness: the redelivered message may kill it before.
+        service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+    }
+    let runs = scenario.log.lines();
+    assert!(runs.len() <= 3, "runs past the delivery limit: {runs:?}");
+}
+
+/// A quorum queue an older version created without the delivery limit cannot be declared
+/// with it (RabbitMQ refuses changed arguments): the service uses it as it is and says so.
+#[tokio::test]
+async fn an_older_quorum_queue_without_the_new_arguments_still_works() {
+    let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_QUEUE_TYPE", "quorum")]).await;
+    let connection = amqp::connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    for (name, value) in [
+        ("x-queue-type", "quorum"),
+        ("x-dead-letter-exchange", ""),
+        (
+            "x-dead-letter-routing-key",
+            scenario.names.dead_letter_queue.as_str(),
+        ),
+    ] {
+        arguments.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    channel
+        .queue_declare(
+            scenario.names.queue().as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare the older queue");
+
+    let service = scenario.start().await;
+    scenario
+        .publish("probe.ok.old", json!({ "id": "old-queue" }))
+        .await;
+    scenario
+        .log
+        .wait_for(
+            "handled from the older queue",
+            |lines| lines.iter().any(|line| line == "ok old-queue"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let logs = service.logs();
+    assert!(
+        logs.contains("x-delivery-limit"),
+        "no warning names the missing arguments:\n{logs}"
+    );
+}
