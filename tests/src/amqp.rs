@@ -87,15 +87,27 @@ pub struct Broker {
 /// A connection of the tests' own, named `template-tests` so that closing a service's
 /// connections ([`close_connections_named`]) never closes it.
 pub async fn connect() -> Connection {
+    connect_to(AMQP_URL).await
+}
+
+/// A connection of the tests' own to the broker at `url` (an extra node's, say).
+pub async fn connect_to(url: &str) -> Connection {
     let properties = ConnectionProperties::default().with_connection_name("template-tests".into());
-    Connection::connect(AMQP_URL, properties)
+    Connection::connect(url, properties)
         .await
-        .expect("RabbitMQ on 127.0.0.1:5672 (ci/test starts it)")
+        .unwrap_or_else(|error| {
+            panic!("RabbitMQ at {url} (ci/test starts the shared one): {error}")
+        })
 }
 
 impl Broker {
     pub async fn connect() -> Self {
-        let connection = connect().await;
+        Self::connect_to(AMQP_URL).await
+    }
+
+    /// A broker handle on the node at `url`.
+    pub async fn connect_to(url: &str) -> Self {
+        let connection = connect_to(url).await;
         let channel = connection.create_channel().await.expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -304,7 +316,16 @@ impl Broker {
 
 /// Messages in `queue`, ready and unacknowledged, as RabbitMQ counts them.
 pub fn total_messages(queue: &str) -> Option<u64> {
-    let output = run(std::process::Command::new("rabbitmqctl").args([
+    total_messages_on(None, queue)
+}
+
+/// [`total_messages`] on the node named `node` (`None`: the shared one).
+pub fn total_messages_on(node: Option<&str>, queue: &str) -> Option<u64> {
+    let mut command = std::process::Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        command.args(["-n", node]);
+    }
+    let output = run(command.args([
         "-q",
         "list_queues",
         "name",

@@ -11,7 +11,8 @@ use std::{
 
 use template_tests::{
     Render, Rendered, ServiceProcess,
-    amqp::{Broker, Names, total_messages},
+    amqp::{AMQP_URL, Broker, Names, total_messages_on},
+    node::RabbitNode,
     repo_root,
 };
 
@@ -101,19 +102,54 @@ pub struct Scenario {
     pub log: ProbeLog,
     pub broker: Broker,
     extra_env: Vec<(&'static str, String)>,
+    /// The broker the scenario runs on: its URL and, for an extra node, its node name.
+    amqp_url: String,
+    node: Option<String>,
 }
 
 impl Scenario {
+    /// A scenario on the shared broker.
     pub async fn new(extra_env: &[(&'static str, &str)]) -> Self {
+        Self::with_broker(AMQP_URL, None, Vec::new(), extra_env).await
+    }
+
+    /// A scenario on an extra node (`node` must outlive it): services started by it connect
+    /// there, and its broker handle and clean-up talk to that node.
+    pub async fn on_node(node: &RabbitNode, extra_env: &[(&'static str, &str)]) -> Self {
+        Self::with_broker(
+            &node.amqp_url(),
+            Some(node.name().to_owned()),
+            node.env(),
+            extra_env,
+        )
+        .await
+    }
+
+    async fn with_broker(
+        amqp_url: &str,
+        node: Option<String>,
+        broker_env: Vec<(&'static str, String)>,
+        extra_env: &[(&'static str, &str)],
+    ) -> Self {
+        let mut env = broker_env;
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(key, value)| (*key, (*value).to_owned())),
+        );
         Self {
             names: Names::unique(),
             log: ProbeLog::new(),
-            broker: Broker::connect().await,
-            extra_env: extra_env
-                .iter()
-                .map(|(key, value)| (*key, (*value).to_owned()))
-                .collect(),
+            broker: Broker::connect_to(amqp_url).await,
+            extra_env: env,
+            amqp_url: amqp_url.to_owned(),
+            node,
         }
+    }
+
+    /// Messages in `queue` on the scenario's broker, ready and unacknowledged.
+    pub fn total_messages(&self, queue: &str) -> Option<u64> {
+        total_messages_on(self.node.as_deref(), queue)
     }
 
     /// Starts a process of the probe service and waits until it consumes.
@@ -164,7 +200,7 @@ impl Scenario {
     pub async fn wait_until_queue_is_empty(&self) {
         let queue = self.names.queue();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while total_messages(&queue) != Some(0) {
+        while self.total_messages(&queue) != Some(0) {
             assert!(Instant::now() < deadline, "{queue} did not empty");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -175,13 +211,14 @@ impl Scenario {
 impl Drop for Scenario {
     fn drop(&mut self) {
         let names = self.names.clone();
+        let amqp_url = self.amqp_url.clone();
         // Drop cannot await, and may run inside the test's runtime: use a thread of its own.
         let cleanup = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime")
-                .block_on(async { Broker::connect().await.delete(&names).await });
+                .block_on(async { Broker::connect_to(&amqp_url).await.delete(&names).await });
         });
         let _ = cleanup.join();
     }
