@@ -9,7 +9,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 use serde_json::{Value, json};
-use template_tests::{ServiceProcess, amqp, free_port, run};
+use template_tests::{ServiceProcess, amqp, free_port, node::RabbitNode, run};
 
 use crate::probe::{PROBE_SERVICE, Scenario};
 
@@ -133,14 +133,18 @@ async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
         .wait_for_status("/health/ready", 200, Duration::from_secs(30))
         .await;
 
-    let arguments = queue_arguments(&scenario.names.queue()).to_string();
-    for expected in [
-        r#""x-delivery-limit":2"#,
-        r#""x-dead-letter-strategy":"at-least-once""#,
-        r#""x-overflow":"reject-publish""#,
-        r#""x-queue-type":"quorum""#,
+    // rabbitmqctl lists each argument as `[name, type, value]`.
+    let arguments = queue_arguments(&scenario.names.queue());
+    for (name, value) in [
+        ("x-delivery-limit", json!(2)),
+        ("x-dead-letter-strategy", json!("at-least-once")),
+        ("x-overflow", json!("reject-publish")),
+        ("x-queue-type", json!("quorum")),
     ] {
-        assert!(arguments.contains(expected), "{expected} in {arguments}");
+        let set = arguments
+            .as_array()
+            .is_some_and(|all| all.iter().any(|a| a[0] == name && a[2] == value));
+        assert!(set, "{name} = {value} in {arguments}");
     }
 
     scenario.publish("probe.abort", json!({ "id": "fatal" })).await;
@@ -225,4 +229,91 @@ async fn an_older_quorum_queue_without_the_new_arguments_still_works() {
         logs.contains("x-delivery-limit"),
         "no warning names the missing arguments:\n{logs}"
     );
+}
+
+/// While a memory alarm blocks publishers, a publishing endpoint answers 503 within the
+/// publish timeout instead of hanging, `/health/ready` and `/metrics` show it, and messages
+/// taken before go on being handled and acked; all of it resumes when the alarm clears.
+#[tokio::test]
+async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
+    let node = RabbitNode::start("");
+    let scenario =
+        Scenario::on_node(&node, &[("PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS", "3")]).await;
+    let service = scenario.start().await;
+    for n in 0..3 {
+        let id = format!("before-{n}");
+        let body = json!({ "id": id, "sleep_ms": 3000 });
+        scenario.publish("probe.ok.slow", body).await;
+    }
+
+    node.ctl(&["set_vm_memory_high_watermark", "0"]);
+    let client = reqwest::Client::builder()
+        // Bounds the test when a publish hangs, as it did before the publish timeout.
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let greetings = format!("{}/greetings", service.http);
+    let started = Instant::now();
+    let response = client
+        .post(&greetings)
+        .json(&json!({ "name": "Ada" }))
+        .send()
+        .await
+        .expect("POST /greetings answers while the broker blocks publishers");
+    let elapsed = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    let problem: Value = response.json().await.unwrap();
+    println!("blocked publish answered after {elapsed:?}: {problem}");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(
+        problem["detail"].as_str().unwrap_or_default().contains("blocking publishers"),
+        "{problem}"
+    );
+
+    let health = service
+        .wait_for_json(
+            "/health/ready",
+            |body| body["checks"]["publishing"] == "DOWN",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(health["status"], "UP", "blocked publishing does not make it unready");
+    let metrics = client
+        .get(format!("{}/metrics", service.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|line| line == "pipeforce_broker_blocked 1"),
+        "{metrics}"
+    );
+    // Consuming and acking go on: the publish connection is the blocked one.
+    scenario
+        .log
+        .wait_for(
+            "messages taken before the alarm are handled",
+            |lines| (0..3).all(|n| lines.contains(&format!("ok before-{n}"))),
+            Duration::from_secs(20),
+        )
+        .await;
+    scenario.wait_until_queue_is_empty().await;
+
+    node.ctl(&["set_vm_memory_high_watermark", "0.4"]);
+    service
+        .wait_for_json(
+            "/health/ready",
+            |body| body["checks"]["publishing"] == "UP",
+            Duration::from_secs(30),
+        )
+        .await;
+    let response = client
+        .post(&greetings)
+        .json(&json!({ "name": "Grace" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
 }

@@ -245,6 +245,14 @@ pub struct MessagingConfig {
     /// `PIPEFORCE_MESSAGING_RETRY_DELAY_MS`: the wait before the first retry, doubled for each
     /// further one (0 to 60000, default 200).
     pub retry_delay: Duration,
+    /// `PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS`: how long a publish (events, requests,
+    /// replies, dead-letter copies) waits for a connection and the broker's confirm before it
+    /// fails (1 to 3600, default 10). Bounds the wait while RabbitMQ blocks publishers.
+    pub publish_timeout: Duration,
+    /// `PIPEFORCE_MESSAGING_DELIVERY_LIMIT`: how often a quorum queue delivers a message
+    /// again (after the service died holding it) before RabbitMQ dead-letters it (1 to 1000,
+    /// default 5). Set when the queue is created; classic queues have no such limit.
+    pub delivery_limit: u32,
 }
 
 /// One broker of [`MessagingConfig::addresses`].
@@ -510,6 +518,20 @@ impl Config {
                     let millis: u64 = value.parse().ok()?;
                     (millis <= 60_000).then(|| Duration::from_millis(millis))
                 },
+            ),
+            publish_timeout: check.parse_with(
+                "PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS",
+                env.messaging_publish_timeout_secs,
+                Duration::from_secs(10),
+                "a whole number of seconds from 1 to 3600",
+                seconds_1_to_3600,
+            ),
+            delivery_limit: check.parse_with(
+                "PIPEFORCE_MESSAGING_DELIVERY_LIMIT",
+                env.messaging_delivery_limit,
+                5,
+                "a whole number from 1 to 1000",
+                |value| value.parse().ok().filter(|n: &u32| (1..=1000).contains(n)),
             ),
         };
 
@@ -835,6 +857,8 @@ struct Env {
     messaging_prefetch: Option<String>,
     messaging_max_retries: Option<String>,
     messaging_retry_delay_ms: Option<String>,
+    messaging_publish_timeout_secs: Option<String>,
+    messaging_delivery_limit: Option<String>,
     messaging_username: Option<String>,
     messaging_password: Option<String>,
     messaging_default_topic: Option<String>,
@@ -1069,6 +1093,8 @@ mod tests {
         assert_eq!(config.messaging.queue_type, QueueType::Classic);
         assert_eq!(config.messaging.prefetch, 200);
         assert_eq!(config.messaging.max_retries, 3);
+        assert_eq!(config.messaging.publish_timeout, Duration::from_secs(10));
+        assert_eq!(config.messaging.delivery_limit, 5);
         assert_eq!(config.messaging.exchange, "pipeforce.topic.default");
         assert_eq!(config.messaging.dead_letter_queue, "pipeforce_default_dlq");
         assert_eq!(config.shutdown_timeout, Duration::from_secs(25));

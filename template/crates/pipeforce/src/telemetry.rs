@@ -405,6 +405,9 @@ pub mod metric {
     pub const PUBLISH_FAILURES: &str = "pipeforce_publish_failures_total";
     /// Gauge: 1 while the service consumes from RabbitMQ, else 0.
     pub const BROKER_CONNECTED: &str = "pipeforce_broker_connected";
+    /// Gauge: 1 while RabbitMQ blocks the service's publishing (a memory or disk alarm),
+    /// else 0.
+    pub const BROKER_BLOCKED: &str = "pipeforce_broker_blocked";
     /// Counter: HTTP requests served, by `method`, `route` and `status`.
     pub const HTTP_REQUESTS: &str = "pipeforce_http_requests_total";
     /// Histogram: seconds to serve an HTTP request, by `method` and `route`.
