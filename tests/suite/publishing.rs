@@ -1,7 +1,10 @@
 //! Publishing that never hangs and never loses what it copies, and the queue arguments that
 //! keep a message which kills the service from crash-looping it.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
 
 use lapin::{
     BasicProperties,
@@ -13,10 +16,17 @@ use template_tests::{ServiceProcess, amqp, free_port, node::RabbitNode, run};
 
 use crate::probe::{PROBE_SERVICE, Scenario};
 
+/// The probe service, built before the test opens its broker connection: a connection left
+/// idle through a long build misses its heartbeats and is closed.
+fn probe_binary() -> &'static std::path::Path {
+    &LazyLock::force(&PROBE_SERVICE).1
+}
+
 /// A message published with a TTL keeps it in the service queue, but its dead-letter copy
 /// must not expire: RabbitMQ's own dead-lettering removes the expiration, and so do we.
 #[tokio::test]
 async fn a_dead_letter_does_not_expire_with_the_message_ttl() {
+    probe_binary();
     let scenario = Scenario::new(&[]).await;
     let _service = scenario.start().await;
     let dead_letter_queue = &scenario.names.dead_letter_queue;
@@ -35,7 +45,10 @@ async fn a_dead_letter_does_not_expire_with_the_message_ttl() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while scenario.broker.ready_count(dead_letter_queue).await == 0 {
-        assert!(Instant::now() < deadline, "the poison message was not dead-lettered");
+        assert!(
+            Instant::now() < deadline,
+            "the poison message was not dead-lettered"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The point of the test is the TTL running out: wait past it.
@@ -64,7 +77,7 @@ async fn concurrent_publishes_without_a_broker_each_fail_within_the_timeout() {
     env.push(("PIPEFORCE_MESSAGING_PORT", closed_port));
     env.push(("PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS", "2".to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+    let mut service = ServiceProcess::start(probe_binary(), &env);
     service
         .wait_for_status("/health/live", 200, Duration::from_secs(30))
         .await;
@@ -122,13 +135,14 @@ fn queue_arguments(queue: &str) -> Value {
 /// quorum queue the delivery limit ends that: after a few deliveries RabbitMQ dead-letters it.
 #[tokio::test]
 async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
+    let binary = probe_binary();
     let scenario = Scenario::new(&[]).await;
     let mut env = scenario.names.env();
     env.push(("PROBE_LOG", scenario.log.path()));
     env.push(("PIPEFORCE_MESSAGING_QUEUE_TYPE", "quorum".to_owned()));
     env.push(("PIPEFORCE_MESSAGING_DELIVERY_LIMIT", "2".to_owned()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+    let mut service = ServiceProcess::start(binary, &env);
     service
         .wait_for_status("/health/ready", 200, Duration::from_secs(30))
         .await;
@@ -147,7 +161,9 @@ async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
         assert!(set, "{name} = {value} in {arguments}");
     }
 
-    scenario.publish("probe.abort", json!({ "id": "fatal" })).await;
+    scenario
+        .publish("probe.abort", json!({ "id": "fatal" }))
+        .await;
     let dead_letter_queue = &scenario.names.dead_letter_queue;
     let mut restarts = 0;
     loop {
@@ -157,7 +173,11 @@ async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
             if scenario.broker.ready_count(dead_letter_queue).await > 0 {
                 break true;
             }
-            if service.wait_for_exit(Duration::from_millis(50)).await.is_some() {
+            if service
+                .wait_for_exit(Duration::from_millis(50))
+                .await
+                .is_some()
+            {
                 break false;
             }
             assert!(
@@ -176,7 +196,7 @@ async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
             scenario.log.lines()
         );
         // Not waiting for readiness: the redelivered message may kill it before.
-        service = ServiceProcess::start(&PROBE_SERVICE.1, &env);
+        service = ServiceProcess::start(binary, &env);
     }
     let runs = scenario.log.lines();
     assert!(runs.len() <= 3, "runs past the delivery limit: {runs:?}");
@@ -186,6 +206,7 @@ async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
 /// with it (RabbitMQ refuses changed arguments): the service uses it as it is and says so.
 #[tokio::test]
 async fn an_older_quorum_queue_without_the_new_arguments_still_works() {
+    probe_binary();
     let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_QUEUE_TYPE", "quorum")]).await;
     let connection = amqp::connect().await;
     let channel = connection.create_channel().await.unwrap();
@@ -236,6 +257,7 @@ async fn an_older_quorum_queue_without_the_new_arguments_still_works() {
 /// taken before go on being handled and acked; all of it resumes when the alarm clears.
 #[tokio::test]
 async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
+    probe_binary();
     let node = RabbitNode::start("");
     let scenario =
         Scenario::on_node(&node, &[("PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS", "3")]).await;
@@ -266,7 +288,10 @@ async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
     println!("blocked publish answered after {elapsed:?}: {problem}");
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
     assert!(
-        problem["detail"].as_str().unwrap_or_default().contains("blocking publishers"),
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("blocking publishers"),
         "{problem}"
     );
 
@@ -277,7 +302,10 @@ async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
             Duration::from_secs(10),
         )
         .await;
-    assert_eq!(health["status"], "UP", "blocked publishing does not make it unready");
+    assert_eq!(
+        health["status"], "UP",
+        "blocked publishing does not make it unready"
+    );
     let metrics = client
         .get(format!("{}/metrics", service.http))
         .send()
@@ -287,7 +315,9 @@ async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
         .await
         .unwrap();
     assert!(
-        metrics.lines().any(|line| line == "pipeforce_broker_blocked 1"),
+        metrics
+            .lines()
+            .any(|line| line == "pipeforce_broker_blocked 1"),
         "{metrics}"
     );
     // Consuming and acking go on: the publish connection is the blocked one.

@@ -37,20 +37,26 @@ impl Default for Readiness {
 impl Readiness {
     /// Registers a condition under `name`, not ready until [`Condition::set`] says so.
     pub fn condition(&self, name: &'static str) -> Condition {
-        self.register(name, Check {
-            up: false,
-            decides: true,
-        })
+        self.register(
+            name,
+            Check {
+                up: false,
+                decides: true,
+            },
+        )
     }
 
     /// Registers a check under `name` that `/health/ready` shows, up until
     /// [`Condition::set`] says otherwise, but that does not decide readiness: for a state
     /// that taking the instance out of the load balancer would not help.
     pub fn informational(&self, name: &'static str) -> Condition {
-        self.register(name, Check {
-            up: true,
-            decides: false,
-        })
+        self.register(
+            name,
+            Check {
+                up: true,
+                decides: false,
+            },
+        )
     }
 
     fn register(&self, name: &'static str, check: Check) -> Condition {
@@ -82,9 +88,7 @@ impl Readiness {
 }
 
 fn all_ready(conditions: &BTreeMap<&'static str, Check>) -> bool {
-    conditions
-        .values()
-        .all(|check| check.up || !check.decides)
+    conditions.values().all(|check| check.up || !check.decides)
 }
 
 /// One named readiness condition, owned by the part of the service it describes.

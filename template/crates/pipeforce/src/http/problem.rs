@@ -235,7 +235,11 @@ mod tests {
     fn a_failed_publish_is_a_503_saying_why() {
         let problem = Problem::from(PublishError::Blocked);
         assert_eq!(problem.status, 503);
-        assert!(problem.detail.contains("blocking publishers"), "{}", problem.detail);
+        assert!(
+            problem.detail.contains("blocking publishers"),
+            "{}",
+            problem.detail
+        );
     }
 
     #[test]

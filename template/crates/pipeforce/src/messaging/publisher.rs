@@ -161,8 +161,7 @@ impl Publisher {
             match super::consumer::connect(messaging, address, &config.service).await {
                 Ok(connection) => {
                     let (owner, connection) = watch::channel(Some(Arc::new(connection)));
-                    let link =
-                        BrokerLink::new(connection, Some(owner), messaging.publish_timeout);
+                    let link = BrokerLink::new(connection, Some(owner), messaging.publish_timeout);
                     return Ok(Self::with_transport(
                         &messaging.exchange,
                         &config.service,
