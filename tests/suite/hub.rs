@@ -913,6 +913,73 @@ async fn typed_answers_decode_and_a_wrong_shape_is_an_error_naming_the_expected_
 }
 
 #[tokio::test]
+async fn an_answer_over_16_mib_is_an_error_naming_the_limit_and_the_call() {
+    const LIMIT: usize = 16 * 1024 * 1024;
+    /// A JSON answer of exactly `size` bytes that decodes as the probe's `Answer`.
+    fn answer_of(size: usize) -> String {
+        let (head, tail) = (r#"{"id":1,"ok":true,"pad":""#, r#""}"#);
+        format!("{head}{}{tail}", "x".repeat(size - head.len() - tail.len()))
+    }
+    let hub = MockServer::start().await;
+    for (command, size) in [("probe.at_limit", LIMIT), ("probe.over_limit", LIMIT + 1)] {
+        Mock::given(method("POST"))
+            .and(path(format!("/api/v3/command:{command}")))
+            .respond_with(ResponseTemplate::new(200).set_body_string(answer_of(size)))
+            .mount(&hub)
+            .await;
+    }
+
+    let at_limit = Run::probe(&hub.uri())
+        .args(&["typed", "probe.at_limit", "{}"])
+        .await;
+    let over_limit = Run::probe(&hub.uri())
+        .args(&["typed", "probe.over_limit", "{}"])
+        .await;
+
+    at_limit.assert_success("probe typed at the limit");
+    assert!(
+        at_limit.stdout.contains("Answer { id: 1, ok: true }"),
+        "{at_limit:?}"
+    );
+    assert_eq!(over_limit.status.code(), Some(1), "{over_limit:?}");
+    assert!(
+        over_limit.stderr.contains(
+            "the hub's answer to POST /api/v3/command:probe.over_limit is larger than 16 MiB"
+        ),
+        "{over_limit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_in_the_hub_url_is_never_printed() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("broken"))
+        .mount(&hub)
+        .await;
+    let with_password = |base: &str| base.replacen("http://", "http://hub-user:hub-pw-1@", 1);
+    let closed = format!("http://127.0.0.1:{}", free_port());
+
+    for base in [hub.uri(), closed] {
+        let url = with_password(&base);
+        let debug = Run::probe(&url).args(&["debug"]).await;
+        let call = Run::probe(&url)
+            .args(&["--retries", "0", "command", "probe.x", "{}"])
+            .await;
+        let deploy = Run::deploy(&url).args(&["service"]).await;
+
+        debug.assert_success("probe debug");
+        assert!(debug.stdout.contains("hub-user:***@"), "{debug:?}");
+        assert!(deploy.stdout.contains("hub-user:***@"), "{deploy:?}");
+        for output in [&debug, &call, &deploy] {
+            assert_not_shown(output, "hub-pw-1");
+        }
+        assert_eq!(call.status.code(), Some(1), "{call:?}");
+        assert_eq!(deploy.status.code(), Some(1), "{deploy:?}");
+    }
+}
+
+#[tokio::test]
 async fn the_client_debug_output_names_the_scheme_but_not_the_secret() {
     let output = Run::probe("http://hub.example:8080").args(&["debug"]).await;
 

@@ -18,6 +18,7 @@ mod project;
 mod publishing;
 mod render;
 mod routing;
+mod secrets;
 mod shipping;
 mod tls;
 

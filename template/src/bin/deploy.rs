@@ -47,6 +47,7 @@ use std::{
 
 use pipeforce::{
     Config, HubClient, HubError,
+    config::masked_url,
     hub::{HubResponse, Value},
     telemetry,
 };
@@ -219,7 +220,7 @@ async fn deploy_service(
     println!("  port:     {}", DEFAULTS.http_port);
     println!("  replicas: {}", options.replicas);
     println!("  env:      {}", names(&options.env));
-    println!("  hub:      {}", hub.base_url());
+    println!("  hub:      {}", masked_url(hub.base_url()));
 
     let answer = hub
         .run_command(
@@ -257,7 +258,7 @@ async fn run_job(
     println!("  image:   {image}");
     println!("  command: {}", options.command);
     println!("  env:     {}", names(&options.env));
-    println!("  hub:     {}", hub.base_url());
+    println!("  hub:     {}", masked_url(hub.base_url()));
 
     let answer = hub
         .run_command(

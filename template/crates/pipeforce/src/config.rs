@@ -10,7 +10,9 @@
 //! - An empty optional variable counts as unset. An empty variable that has a default is an
 //!   error: it usually means a broken manifest, and silently using the default would hide it.
 //! - Secrets are [`SecretString`]s, redacted in `Debug` output, and their values never appear in
-//!   an error message, so logging the whole config is safe.
+//!   an error message. A password inside a URL (`https://user:password@host`) is kept for the
+//!   client that needs it but shows as `***` in `Display`, `Debug` and errors ([`masked_url`],
+//!   [`masked`]), so logging the whole config is safe.
 
 use std::{
     ffi::OsStr,
@@ -40,8 +42,9 @@ pub struct Defaults {
     pub version: &'static str,
 }
 
-/// The effective configuration of the service.
-#[derive(Debug, Clone)]
+/// The effective configuration of the service. `Debug` and `Display` mask secrets and the
+/// passwords in URLs, so both are safe to log.
+#[derive(Clone)]
 pub struct Config {
     /// `PIPEFORCE_SERVICE`: the service name; it names the service's queue.
     pub service: String,
@@ -95,7 +98,7 @@ pub enum LogFormat {
 }
 
 /// An OTLP trace destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct OtlpExport {
     /// The full URL spans are sent to (for HTTP, with `/v1/traces` appended to a generic
     /// endpoint, as the OpenTelemetry specification says).
@@ -144,7 +147,7 @@ pub struct HttpConfig {
 }
 
 /// Where the PIPEFORCE hub is and how to authenticate to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HubConfig {
     /// `PIPEFORCE_HUB_URL`; else `http://PIPEFORCE_HUB_HOST:PIPEFORCE_HUB_PORT` when the host is
     /// set (port default 8080); else the in-cluster address
@@ -428,13 +431,14 @@ impl Config {
         );
         let addresses = match optional(env.messaging_addresses) {
             None => vec![BrokerAddress { host, port }],
-            Some(list) => check.parse_with(
-                "PIPEFORCE_MESSAGING_ADDRESSES",
-                Some(list),
-                Vec::new(),
-                "a comma-separated list of host[:port], e.g. rabbit-0:5672,rabbit-1:5672",
-                |list| broker_addresses(list, port),
-            ),
+            Some(list) => broker_addresses(&list, tls, port).unwrap_or_else(|expected| {
+                check.report(
+                    "PIPEFORCE_MESSAGING_ADDRESSES",
+                    expected,
+                    Found::Value(list),
+                );
+                Vec::new()
+            }),
         };
         let tls_ca_pem = optional(env.messaging_tls_ca_file).and_then(|path| {
             match std::fs::read_to_string(&path) {
@@ -740,23 +744,53 @@ fn boolean(value: &str) -> Option<bool> {
     }
 }
 
-/// `host[:port],host[:port]`; a missing port is `default_port`.
-fn broker_addresses(list: &str, default_port: u16) -> Option<Vec<BrokerAddress>> {
+/// `host[:port],host[:port]`; a missing port is `default_port`. An entry may be written as
+/// a URL, `amqp://host[:port]` (`amqps://` with TLS), as long as it holds no credentials:
+/// those have variables of their own, which apply to every broker. The error is what was
+/// expected.
+fn broker_addresses(
+    list: &str,
+    tls: bool,
+    default_port: u16,
+) -> Result<Vec<BrokerAddress>, &'static str> {
+    const EXPECTED: &str =
+        "a comma-separated list of host[:port], e.g. rabbit-0:5672,rabbit-1:5672";
+    let scheme = if tls { "amqps://" } else { "amqp://" };
     list.split(',')
         .map(|entry| {
             let entry = entry.trim();
+            if entry.contains('@') {
+                return Err("host[:port] entries without credentials (set \
+                     PIPEFORCE_MESSAGING_USERNAME and PIPEFORCE_MESSAGING_PASSWORD)");
+            }
+            let entry = match entry.strip_prefix(scheme) {
+                Some(address) => address,
+                None if !entry.contains("://") => entry,
+                None if tls => {
+                    return Err("host[:port] or amqps://host[:port] entries \
+                         (PIPEFORCE_MESSAGING_TLS is true)");
+                }
+                None => {
+                    return Err("host[:port] or amqp://host[:port] entries \
+                         (amqps:// needs PIPEFORCE_MESSAGING_TLS=true)");
+                }
+            };
             let (host, port) = match entry.rsplit_once(':') {
-                Some((host, port)) => (host, self::port(port)?),
+                Some((host, port)) => (host, self::port(port).ok_or(EXPECTED)?),
                 None => (entry, default_port),
             };
             let valid_host = !host.is_empty()
                 && host
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-            valid_host.then(|| BrokerAddress {
-                host: host.to_owned(),
-                port,
-            })
+            if valid_host {
+                Ok(BrokerAddress {
+                    host: host.to_owned(),
+                    port,
+                })
+            } else {
+                Err(EXPECTED)
+            }
         })
         .collect()
 }
@@ -774,7 +808,8 @@ fn port(value: &str) -> Option<u16> {
     value.parse().ok().filter(|port| *port != 0)
 }
 
-/// The effective configuration on one line, for the start-up log. Secrets show as `***`.
+/// The effective configuration on one line, for the start-up log. Secrets and the passwords
+/// in URLs show as `***`.
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fn or_unset(value: Option<&impl fmt::Display>) -> String {
@@ -791,10 +826,10 @@ impl fmt::Display for Config {
             self.namespace,
             or_unset(self.stage.as_ref()),
             or_unset(self.domain.as_ref()),
-            or_unset(self.portal_url.as_ref()),
+            or_unset(self.portal_url.as_ref().map(masked_url).as_ref()),
             self.http.host,
             self.http.port,
-            self.hub.url,
+            masked_url(&self.hub.url),
             match &self.hub.auth {
                 None => "(unset)",
                 Some(HubAuth::Basic { .. }) => "Basic ***",
@@ -820,10 +855,84 @@ impl fmt::Display for Config {
             self.telemetry.log_format,
             self.telemetry.otlp.as_ref().map_or_else(
                 || "(not exported)".to_owned(),
-                |otlp| format!("{} ({:?})", otlp.endpoint, otlp.protocol)
+                |otlp| format!("{} ({:?})", masked(&otlp.endpoint), otlp.protocol)
             ),
         )
     }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("service", &self.service)
+            .field("version", &self.version)
+            .field("namespace", &self.namespace)
+            .field("stage", &self.stage)
+            .field("domain", &self.domain)
+            .field("portal_url", &self.portal_url.as_ref().map(masked_url))
+            .field("http", &self.http)
+            .field("hub", &self.hub)
+            .field("messaging", &self.messaging)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("telemetry", &self.telemetry)
+            .finish()
+    }
+}
+
+impl fmt::Debug for HubConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubConfig")
+            .field("url", &masked_url(&self.url))
+            .field("auth", &self.auth)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for OtlpExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpExport")
+            .field("endpoint", &masked(&self.endpoint))
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+/// `url` for logs and messages, with its password shown as `***`
+/// (`https://user:***@host/`). A user name without a password is masked whole: it is often a
+/// token.
+pub fn masked_url(url: &Url) -> String {
+    let mut url = url.clone();
+    // Setting either fails only for URLs that cannot have credentials, and so have none.
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    } else if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    url.into()
+}
+
+/// `text` with credentials masked as by [`masked_url`], for text that need not parse as a
+/// URL: a bad variable's value, or a list of addresses. In each entry (entries are separated
+/// by commas or white space) everything before the last `@` and after the scheme's `://` is
+/// user info, and its part after the first `:` is the password.
+pub fn masked(text: &str) -> String {
+    let separator = |c: char| c == ',' || c.is_whitespace();
+    text.split_inclusive(separator)
+        .map(|piece| {
+            let entry = piece.trim_end_matches(separator);
+            let separators = &piece[entry.len()..];
+            let Some(at) = entry.rfind('@') else {
+                return piece.to_owned();
+            };
+            let start = entry[..at].find("://").map_or(0, |scheme| scheme + 3);
+            let user_info = match entry[start..at].split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{}{user_info}{}{separators}", &entry[..start], &entry[at..])
+        })
+        .collect()
 }
 
 fn in_cluster_hub_url(namespace: &str) -> Url {
@@ -881,6 +990,11 @@ struct Checker {
 
 impl Checker {
     fn report(&mut self, variable: &str, expected: &str, found: Found) {
+        // Any value may hold a URL with a password pasted into it.
+        let found = match found {
+            Found::Value(value) => Found::Value(masked(&value)),
+            other => other,
+        };
         self.problems.push(Problem {
             variable: variable.to_owned(),
             expected: expected.to_owned(),
@@ -1034,7 +1148,8 @@ impl fmt::Display for Problem {
     }
 }
 
-/// What a bad variable held. Secrets are only ever reported as `Empty`, `NotUtf8` or `Hidden`.
+/// What a bad variable held. Secrets are only ever reported as `Empty`, `NotUtf8` or `Hidden`;
+/// a `Value` has its passwords masked (see [`masked`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Found {
     Value(String),
@@ -1386,6 +1501,135 @@ mod tests {
 
     fn config_error_for_empty_password() -> ConfigError {
         config(&[("PIPEFORCE_MESSAGING_PASSWORD", "")]).unwrap_err()
+    }
+
+    /// Asserts that `output` shows none of the passwords the tests put into URLs.
+    fn assert_no_password(output: &str) {
+        for password in ["hub-pw-1", "portal-pw-2", "otel-pw-3", "mq-pw-4"] {
+            assert!(!output.contains(password), "{password} shown: {output}");
+        }
+    }
+
+    #[test]
+    fn passwords_in_urls_are_masked_in_the_effective_configuration_and_debug_output() {
+        for otlp_variable in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ] {
+            let config = config(&[
+                ("PIPEFORCE_HUB_URL", "https://hub-user:hub-pw-1@hub.example"),
+                (
+                    "PIPEFORCE_PORTAL_URL",
+                    "https://portal-user:portal-pw-2@portal.example",
+                ),
+                (otlp_variable, "http://otel-user:otel-pw-3@jaeger:4318"),
+            ])
+            .unwrap();
+
+            let display = config.to_string();
+            assert_no_password(&display);
+            assert!(
+                display.contains("hub_url=https://hub-user:***@hub.example/"),
+                "{display}"
+            );
+            assert!(
+                display.contains("portal_url=https://portal-user:***@portal.example/"),
+                "{display}"
+            );
+            assert!(
+                display.contains("traces=http://otel-user:***@jaeger:4318"),
+                "{display}"
+            );
+            assert_no_password(&format!("{config:?}"));
+            // The clients still get the credentials.
+            assert_eq!(config.hub.url.password(), Some("hub-pw-1"));
+            let otlp = config.telemetry.otlp.unwrap();
+            assert!(otlp.endpoint.contains("otel-pw-3"));
+        }
+    }
+
+    #[test]
+    fn passwords_in_bad_values_are_masked_in_errors() {
+        for otlp_variable in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ] {
+            let error = config(&[
+                ("PIPEFORCE_HUB_URL", "ftp://hub-user:hub-pw-1@hub.example"),
+                // Not URLs at all, but credentials all the same.
+                ("PIPEFORCE_PORTAL_URL", "portal-user:portal-pw-2@portal"),
+                (otlp_variable, "otel-user:otel-pw-3@jaeger:4318"),
+                (
+                    "PIPEFORCE_MESSAGING_ADDRESSES",
+                    "rabbit-0, amqp://mq-user:mq-pw-4@rabbit-1:5672",
+                ),
+            ])
+            .unwrap_err();
+
+            let mut variables = problem_variables(&error);
+            variables.sort_unstable();
+            assert_eq!(
+                variables,
+                [
+                    otlp_variable,
+                    "PIPEFORCE_HUB_URL",
+                    "PIPEFORCE_MESSAGING_ADDRESSES",
+                    "PIPEFORCE_PORTAL_URL",
+                ]
+            );
+            let message = error.to_string();
+            assert_no_password(&message);
+            assert_no_password(&format!("{error:?}"));
+            for masked in [
+                "ftp://hub-user:***@hub.example",
+                "portal-user:***@portal",
+                "otel-user:***@jaeger:4318",
+                "rabbit-0, amqp://mq-user:***@rabbit-1:5672",
+            ] {
+                assert!(message.contains(masked), "{masked} missing: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn broker_urls_give_host_and_port_but_credentials_belong_in_their_own_variables() {
+        let addresses = |list: &str, tls: &str| {
+            config(&[
+                ("PIPEFORCE_MESSAGING_ADDRESSES", list),
+                ("PIPEFORCE_MESSAGING_TLS", tls),
+            ])
+            .map(|config| {
+                config
+                    .messaging
+                    .addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|error| error.to_string())
+        };
+
+        assert_eq!(
+            addresses("amqp://rabbit-0:5673, amqp://rabbit-1", "false").unwrap(),
+            ["rabbit-0:5673", "rabbit-1:5672"]
+        );
+        assert_eq!(
+            addresses("amqps://rabbit-0", "true").unwrap(),
+            ["rabbit-0:5671"]
+        );
+
+        let error = addresses("amqp://mq-user:mq-pw-4@rabbit:5672", "false").unwrap_err();
+        assert_no_password(&error);
+        assert!(
+            error.contains(
+                "PIPEFORCE_MESSAGING_ADDRESSES: expected host[:port] entries without credentials \
+                 (set PIPEFORCE_MESSAGING_USERNAME and PIPEFORCE_MESSAGING_PASSWORD)"
+            ),
+            "{error}"
+        );
+
+        let error = addresses("amqps://rabbit", "false").unwrap_err();
+        assert!(error.contains("PIPEFORCE_MESSAGING_TLS=true"), "{error}");
     }
 
     #[cfg(unix)]

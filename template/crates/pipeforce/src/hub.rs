@@ -13,6 +13,9 @@
 //!   text ([`HubResponse::text`]). A status other than 2xx is a [`HubError::Status`] that keeps
 //!   the status and the body, because the hub explains its refusals there.
 //!
+//! An answer is read up to [`MAX_RESPONSE_BODY`] (16 MiB); a larger one is a
+//! [`HubError::TooLarge`], and what came beyond the limit is never buffered.
+//!
 //! Retries only happen where they cannot run something twice. A call that never reached the
 //! hub (the connection was refused or could not be made) is retried whatever its method. A
 //! `502`, `503` or `504` answer is retried only for `GET`: a `POST` may have started the
@@ -23,7 +26,8 @@
 //!
 //! The credentials never leave the `Authorization` header: the header value is marked
 //! sensitive, `Debug` shows only the scheme (`Basic` or `Bearer`), and error messages and logs
-//! name the method and path of the call, never the header, the query or the URL's user info.
+//! name the method and path of the call, never the header, the query or the password of the
+//! URL (shown as `***`).
 
 use std::{borrow::Cow, fmt, time::Duration};
 
@@ -39,7 +43,7 @@ use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 use url::Url;
 
 use crate::{
-    config::{HubAuth, HubConfig},
+    config::{HubAuth, HubConfig, masked_url},
     telemetry,
 };
 
@@ -60,6 +64,11 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// Inside the cluster the hub answers a connect in milliseconds; waiting the full call timeout
 /// for a dead address only delays the retry.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest answer the client reads, in bytes (16 MiB). Hub answers are JSON documents of
+/// kilobytes; a larger one comes from a wrong URL or a runaway pipeline, and reading it whole
+/// could exhaust the service's memory.
+pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
 /// How much of an error answer's body an error message keeps. Hub errors are short JSON or
 /// text; an HTML error page of a proxy is not worth more than its beginning.
@@ -83,7 +92,7 @@ pub struct HubClient {
 impl fmt::Debug for HubClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HubClient")
-            .field("base_url", &redacted(&self.base))
+            .field("base_url", &masked_url(&self.base))
             .field("auth", &self.auth_scheme)
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
@@ -142,7 +151,7 @@ pub enum HubError {
     Connect {
         /// The call.
         call: String,
-        /// The hub's base URL, without user info.
+        /// The hub's base URL, its password masked.
         base: String,
         /// How many times it was tried.
         attempts: u32,
@@ -158,6 +167,16 @@ pub enum HubError {
         call: String,
         /// What went wrong.
         cause: String,
+    },
+
+    /// The answer is larger than [`MAX_RESPONSE_BODY`]; reading stopped there.
+    #[error(
+        "the hub's answer to {call} is larger than {} MiB, the most the client reads",
+        MAX_RESPONSE_BODY >> 20
+    )]
+    TooLarge {
+        /// The call.
+        call: String,
     },
 
     /// The answer is not the JSON the caller expected.
@@ -322,7 +341,7 @@ impl HubClient {
         if base.cannot_be_a_base() {
             return Err(HubError::Setup(format!(
                 "the hub URL {} cannot have a path (PIPEFORCE_HUB_URL)",
-                redacted(&base)
+                masked_url(&base)
             )));
         }
         let (authorization, auth_scheme) = match &config.auth {
@@ -532,7 +551,7 @@ impl HubClient {
                 Err(error) if error.is_connect() => {
                     return Err(HubError::Connect {
                         call,
-                        base: redacted(&self.base),
+                        base: masked_url(&self.base),
                         attempts: attempt,
                         cause: cause_chain(&error),
                     });
@@ -557,10 +576,7 @@ impl HubClient {
                 .get(CONTENT_TYPE)
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned);
-            let body = match response.bytes().await {
-                Ok(body) => body.to_vec(),
-                Err(error) => return Err(self.transport_error(call, &error)),
-            };
+            let body = self.read_body(&call, response).await?;
             debug!(%call, %status, bytes = body.len(), "hub answered");
             if !status.is_success() {
                 return Err(HubError::Status {
@@ -576,6 +592,29 @@ impl HubClient {
                 body,
             });
         }
+    }
+
+    /// Reads the body of `response` chunk by chunk, refusing it as soon as it grows past
+    /// [`MAX_RESPONSE_BODY`], so a huge answer is never held whole.
+    async fn read_body(
+        &self,
+        call: &str,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, HubError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| self.transport_error(call.to_owned(), &error))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BODY {
+                return Err(HubError::TooLarge {
+                    call: call.to_owned(),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Logs the retry and waits `retry_delay * 2^(attempt - 1)`, at most [`MAX_RETRY_DELAY`].
@@ -653,16 +692,6 @@ fn command_endpoint(name: &str) -> Result<String, HubError> {
     } else {
         Err(HubError::InvalidCommand(name.to_owned()))
     }
-}
-
-/// The URL without user name and password, for messages.
-fn redacted(url: &Url) -> String {
-    let mut url = url.clone();
-    if !url.username().is_empty() || url.password().is_some() {
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-    }
-    url.to_string()
 }
 
 /// The causes of a reqwest error, without the URL reqwest puts in its own message (it may hold
@@ -779,7 +808,7 @@ mod tests {
         let debug = format!("{client:?}");
 
         assert!(debug.contains("Bearer"), "{debug}");
-        assert!(debug.contains("http://hub:8080/"), "{debug}");
+        assert!(debug.contains("http://user:***@hub:8080/"), "{debug}");
         assert!(!debug.contains("tok-very-secret"), "{debug}");
         assert!(!debug.contains("pw"), "{debug}");
     }

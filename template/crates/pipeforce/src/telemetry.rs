@@ -46,7 +46,7 @@ use tracing_subscriber::{
 
 use crate::{
     Config, Error,
-    config::{LogFormat, OtlpExport, OtlpProtocol, Sampler},
+    config::{LogFormat, OtlpExport, OtlpProtocol, Sampler, masked},
 };
 
 /// Log targets that stay out of traces: the exporter's own HTTP/gRPC stack (exporting its own
@@ -128,7 +128,7 @@ pub fn init(config: &Config) -> Result<Telemetry, Error> {
         .try_init();
     match &telemetry.otlp {
         Some(otlp) => {
-            info!(endpoint = %otlp.endpoint, protocol = ?otlp.protocol, "exporting traces")
+            info!(endpoint = masked(&otlp.endpoint), protocol = ?otlp.protocol, "exporting traces")
         }
         None => info!("no OTLP endpoint configured: traces are not exported"),
     }
@@ -169,7 +169,7 @@ fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, Error> {
     };
     let exporter = ReportOnce {
         exporter: otlp_exporter(otlp)?,
-        endpoint: otlp.endpoint.clone(),
+        endpoint: masked(&otlp.endpoint),
         failing: AtomicBool::new(false),
     };
     // A service handling tens of thousands of messages a second fills the SDK's default queue
@@ -190,7 +190,8 @@ fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, Error> {
 
 fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, Error> {
     let exporter_error = |error: opentelemetry_otlp::ExporterBuildError| {
-        Error::Telemetry(format!("cannot set up the OTLP exporter: {error}"))
+        // The error may quote the endpoint.
+        Error::Telemetry(masked(&format!("cannot set up the OTLP exporter: {error}")))
     };
     match otlp.protocol {
         // tonic needs the Tokio runtime this runs in.
@@ -332,6 +333,7 @@ impl tracing::field::Visit for TerseVisitor<'_, '_> {
 #[derive(Debug)]
 struct ReportOnce<E> {
     exporter: E,
+    /// The endpoint for the log, password masked.
     endpoint: String,
     failing: AtomicBool,
 }
@@ -342,7 +344,8 @@ impl<E: SpanExporter> SpanExporter for ReportOnce<E> {
         match &result {
             Err(error) if !self.failing.swap(true, Ordering::Relaxed) => warn!(
                 endpoint = %self.endpoint,
-                %error,
+                // The exporter's error may quote the endpoint.
+                error = masked(&error.to_string()),
                 "cannot export traces; dropping spans until the collector answers again"
             ),
             Ok(()) if self.failing.swap(false, Ordering::Relaxed) => {
@@ -408,7 +411,9 @@ pub mod metric {
     /// Gauge: 1 while RabbitMQ blocks the service's publishing (a memory or disk alarm),
     /// else 0.
     pub const BROKER_BLOCKED: &str = "pipeforce_broker_blocked";
-    /// Counter: HTTP requests served, by `method`, `route` and `status`.
+    /// Counter: HTTP requests served, by `method`, `route` and `status`. `method` is `_OTHER`
+    /// for a method outside the standard ones and `route` is `unmatched` for a path outside
+    /// the routes, so clients cannot add series.
     pub const HTTP_REQUESTS: &str = "pipeforce_http_requests_total";
     /// Histogram: seconds to serve an HTTP request, by `method` and `route`.
     pub const HTTP_REQUEST_DURATION: &str = "pipeforce_http_request_duration_seconds";

@@ -10,7 +10,8 @@
 //! Errors are RFC 9457 problem documents ([`Problem`]), so clients get JSON for a wrong path,
 //! method, content type or body just as for a failing endpoint. Every request is a span named
 //! `<METHOD> <route>` that continues the caller's trace (`traceparent`), and is counted and
-//! timed by route and status.
+//! timed by method, route and status. Both labels are bounded whatever clients send: a path
+//! that matches no route is `unmatched`, a method outside the standard ones `_OTHER`.
 //!
 //! # Adding endpoints
 //! A service builds a warp filter per endpoint, documents it with `#[utoipa::path]`, and
@@ -30,7 +31,7 @@ use utoipa::ToSchema;
 use warp::{
     Filter, Rejection, Reply,
     filters::BoxedFilter,
-    http::StatusCode,
+    http::{Method, StatusCode},
     reply::{self, Response},
 };
 
@@ -156,23 +157,60 @@ where
         .map(Reply::into_response)
 }
 
+/// Methods outside [`KNOWN_METHODS`] are all labelled this way, as OpenTelemetry's semantic
+/// conventions say for `http.request.method`: the client picks the method, and each new value
+/// would be a new metric series.
+const OTHER_METHOD: &str = "_OTHER";
+
+/// The methods of RFC 9110 and PATCH (RFC 5789): the ones labelled by name.
+const KNOWN_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
+/// The method as metrics and spans name it: a known one as is, any other as [`OTHER_METHOD`].
+fn method_label(method: &Method) -> &str {
+    if KNOWN_METHODS.contains(method) {
+        method.as_str()
+    } else {
+        OTHER_METHOD
+    }
+}
+
 fn request_span(templates: &RouteTemplates, info: &warp::trace::Info<'_>) -> Span {
-    let method = info.method();
+    let method = method_label(info.method());
     let route = templates.find(info.path());
+    // The semantic conventions name a span of an unknown method `HTTP <route>`.
+    let name_method = if method == OTHER_METHOD {
+        "HTTP"
+    } else {
+        method
+    };
     // The fields are the trace's attributes; log lines show method, route and trace id of
     // them (see `telemetry`).
     let span = info_span!(
         target: "pipeforce::http",
         "request",
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = %format_args!("{name_method} {route}"),
         otel.kind = "server",
         otel.status_code = Empty,
-        http.request.method = %method,
+        http.request.method = method,
+        http.request.method_original = Empty,
         http.route = route,
         http.response.status_code = Empty,
         url.path = info.path(),
         trace_id = Empty,
     );
+    if method == OTHER_METHOD {
+        span.record("http.request.method_original", info.method().as_str());
+    }
     telemetry::continue_trace(&span, &telemetry::http::Headers(info.request_headers()));
     telemetry::record_trace_id(&span);
     span
@@ -182,7 +220,7 @@ fn request_span(templates: &RouteTemplates, info: &warp::trace::Info<'_>) -> Spa
 fn record_request(templates: &RouteTemplates, info: &warp::log::Info<'_>) {
     let route = templates.find(info.path());
     let status = info.status().as_u16();
-    let method = info.method().to_string();
+    let method = method_label(info.method()).to_owned();
     counter!(
         metric::HTTP_REQUESTS,
         "method" => method.clone(),
@@ -320,5 +358,12 @@ mod tests {
             Some(&["POST".to_owned()][..])
         );
         assert_eq!(templates.allowed("/nowhere"), None);
+    }
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let made_up = Method::from_bytes(b"MADEUP").unwrap();
+        assert_eq!(method_label(&made_up), "_OTHER");
     }
 }
