@@ -264,7 +264,8 @@ async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
     let service = scenario.start().await;
     for n in 0..3 {
         let id = format!("before-{n}");
-        let body = json!({ "id": id, "sleep_ms": 3000 });
+        // Long enough to be still running when the alarm has blocked publishing.
+        let body = json!({ "id": id, "sleep_ms": 10_000 });
         scenario.publish("probe.ok.slow", body).await;
     }
 
@@ -321,6 +322,10 @@ async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
         "{metrics}"
     );
     // Consuming and acking go on: the publish connection is the blocked one.
+    assert!(
+        scenario.log.lines().is_empty(),
+        "the handlers finished before the alarm took effect: nothing shows acks while blocked"
+    );
     scenario
         .log
         .wait_for(
