@@ -15,6 +15,7 @@ mod messaging;
 mod observability;
 mod probe;
 mod project;
+mod publishing;
 mod render;
 mod routing;
 mod secrets;

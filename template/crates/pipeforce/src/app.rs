@@ -22,9 +22,6 @@ use crate::{
     services::Services,
 };
 
-/// How long a publish waits for a broker connection while the service (re)connects.
-const PUBLISH_CONNECT_WAIT: Duration = Duration::from_secs(10);
-
 /// A service ready to run.
 pub struct App {
     config: Config,
@@ -53,11 +50,13 @@ impl App {
         crate::telemetry::prometheus();
         let (connection, connection_updates) = watch::channel(None);
         let messaging = &config.messaging;
+        let readiness = Readiness::default();
         let publisher = Publisher::for_broker(
             &messaging.exchange,
             &config.service,
             connection_updates,
-            PUBLISH_CONNECT_WAIT,
+            messaging.publish_timeout,
+            readiness.informational("publishing"),
         );
         let hub = HubClient::new(&config.hub)?;
         let mut services = Services::new(publisher.clone(), hub);
@@ -85,7 +84,6 @@ impl App {
             info!(handler = handler.name(), ?patterns, "registered handler");
         }
 
-        let readiness = Readiness::default();
         let consumer = Consumer {
             config: messaging.clone(),
             service: config.service.clone(),

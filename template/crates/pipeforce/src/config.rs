@@ -258,6 +258,14 @@ pub struct MessagingConfig {
     /// dead-lettered instead of retried when the next retry could not end before it. Set it
     /// to the broker's value.
     pub consumer_timeout: Duration,
+    /// `PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS`: how long a publish (events, requests,
+    /// replies, dead-letter copies) waits for a connection and the broker's confirm before it
+    /// fails (1 to 3600, default 10). Bounds the wait while RabbitMQ blocks publishers.
+    pub publish_timeout: Duration,
+    /// `PIPEFORCE_MESSAGING_DELIVERY_LIMIT`: how often a quorum queue delivers a message
+    /// again (after the service died holding it) before RabbitMQ dead-letters it (1 to 1000,
+    /// default 5). Set when the queue is created; classic queues have no such limit.
+    pub delivery_limit: u32,
 }
 
 /// One broker of [`MessagingConfig::addresses`].
@@ -530,12 +538,7 @@ impl Config {
                 env.messaging_handler_timeout_secs,
                 Duration::from_secs(60),
                 "a whole number of seconds from 1 to 3600",
-                |value| {
-                    let secs: u64 = value.parse().ok()?;
-                    (1..=3600)
-                        .contains(&secs)
-                        .then(|| Duration::from_secs(secs))
-                },
+                seconds_1_to_3600,
             ),
             consumer_timeout: check.parse_with(
                 "PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS",
@@ -548,6 +551,19 @@ impl Config {
                         .contains(&secs)
                         .then(|| Duration::from_secs(secs))
                 },
+            publish_timeout: check.parse_with(
+                "PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS",
+                env.messaging_publish_timeout_secs,
+                Duration::from_secs(10),
+                "a whole number of seconds from 1 to 3600",
+                seconds_1_to_3600,
+            ),
+            delivery_limit: check.parse_with(
+                "PIPEFORCE_MESSAGING_DELIVERY_LIMIT",
+                env.messaging_delivery_limit,
+                5,
+                "a whole number from 1 to 1000",
+                |value| value.parse().ok().filter(|n: &u32| (1..=1000).contains(n)),
             ),
         };
 
@@ -980,6 +996,8 @@ struct Env {
     messaging_retry_delay_ms: Option<String>,
     messaging_handler_timeout_secs: Option<String>,
     messaging_consumer_timeout_secs: Option<String>,
+    messaging_publish_timeout_secs: Option<String>,
+    messaging_delivery_limit: Option<String>,
     messaging_username: Option<String>,
     messaging_password: Option<String>,
     messaging_default_topic: Option<String>,
@@ -1220,6 +1238,8 @@ mod tests {
         assert_eq!(config.messaging.queue_type, QueueType::Classic);
         assert_eq!(config.messaging.prefetch, 200);
         assert_eq!(config.messaging.max_retries, 3);
+        assert_eq!(config.messaging.publish_timeout, Duration::from_secs(10));
+        assert_eq!(config.messaging.delivery_limit, 5);
         assert_eq!(config.messaging.exchange, "pipeforce.topic.default");
         assert_eq!(config.messaging.dead_letter_queue, "pipeforce_default_dlq");
         assert_eq!(config.shutdown_timeout, Duration::from_secs(25));

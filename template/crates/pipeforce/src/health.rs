@@ -5,6 +5,9 @@
 //! traffic while it is not. Each part of the service that can be unable to work registers a
 //! named [`Condition`] and flips it; the service is ready when every condition is. Today that
 //! is `messaging`: up while the service consumes from its queue.
+//!
+//! A part can also report a check that is shown but does not decide readiness
+//! ([`Readiness::informational`]): `publishing`, down while RabbitMQ blocks publishers.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,14 @@ use tokio::sync::watch;
 /// The set of readiness conditions of one service. Cheap to clone: clones share the set.
 #[derive(Debug, Clone)]
 pub struct Readiness {
-    conditions: watch::Sender<BTreeMap<&'static str, bool>>,
+    conditions: watch::Sender<BTreeMap<&'static str, Check>>,
+}
+
+/// One condition's state, and whether it decides readiness or is only shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Check {
+    up: bool,
+    decides: bool,
 }
 
 impl Default for Readiness {
@@ -27,8 +37,31 @@ impl Default for Readiness {
 impl Readiness {
     /// Registers a condition under `name`, not ready until [`Condition::set`] says so.
     pub fn condition(&self, name: &'static str) -> Condition {
+        self.register(
+            name,
+            Check {
+                up: false,
+                decides: true,
+            },
+        )
+    }
+
+    /// Registers a check under `name` that `/health/ready` shows, up until
+    /// [`Condition::set`] says otherwise, but that does not decide readiness: for a state
+    /// that taking the instance out of the load balancer would not help.
+    pub fn informational(&self, name: &'static str) -> Condition {
+        self.register(
+            name,
+            Check {
+                up: true,
+                decides: false,
+            },
+        )
+    }
+
+    fn register(&self, name: &'static str, check: Check) -> Condition {
         self.conditions.send_modify(|conditions| {
-            conditions.insert(name, false);
+            conditions.insert(name, check);
         });
         Condition {
             name,
@@ -36,10 +69,14 @@ impl Readiness {
         }
     }
 
-    /// Every condition with its state, and whether all of them are ready.
+    /// Every condition and check with its state, and whether the service is ready.
     pub fn report(&self) -> (bool, BTreeMap<&'static str, bool>) {
-        let conditions = self.conditions.borrow().clone();
-        (all_ready(&conditions), conditions)
+        let conditions = self.conditions.borrow();
+        let states = conditions
+            .iter()
+            .map(|(name, check)| (*name, check.up))
+            .collect();
+        (all_ready(&conditions), states)
     }
 
     /// Waits until every condition is ready.
@@ -50,8 +87,8 @@ impl Readiness {
     }
 }
 
-fn all_ready(conditions: &BTreeMap<&'static str, bool>) -> bool {
-    conditions.values().all(|ready| *ready)
+fn all_ready(conditions: &BTreeMap<&'static str, Check>) -> bool {
+    conditions.values().all(|check| check.up || !check.decides)
 }
 
 /// One named readiness condition, owned by the part of the service it describes.
@@ -63,10 +100,12 @@ pub struct Condition {
 
 impl Condition {
     /// Records whether this part of the service can do its work now.
-    pub fn set(&self, ready: bool) {
-        self.readiness
-            .conditions
-            .send_if_modified(|conditions| conditions.insert(self.name, ready) != Some(ready));
+    pub fn set(&self, up: bool) {
+        self.readiness.conditions.send_if_modified(|conditions| {
+            conditions
+                .get_mut(self.name)
+                .is_some_and(|check| std::mem::replace(&mut check.up, up) != up)
+        });
     }
 }
 
@@ -96,6 +135,18 @@ mod tests {
 
         messaging.set(false);
         assert!(!readiness.report().0);
+    }
+
+    #[test]
+    fn an_informational_check_is_shown_but_does_not_decide() {
+        let readiness = Readiness::default();
+        let publishing = readiness.informational("publishing");
+        assert!(readiness.report().0, "informational checks start up");
+
+        publishing.set(false);
+        let (ready, checks) = readiness.report();
+        assert!(ready);
+        assert_eq!(checks.get("publishing"), Some(&false));
     }
 
     #[tokio::test]

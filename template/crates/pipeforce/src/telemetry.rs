@@ -411,6 +411,9 @@ pub mod metric {
     pub const PUBLISH_FAILURES: &str = "pipeforce_publish_failures_total";
     /// Gauge: 1 while the service consumes from RabbitMQ, else 0.
     pub const BROKER_CONNECTED: &str = "pipeforce_broker_connected";
+    /// Gauge: 1 while RabbitMQ blocks the service's publishing (a memory or disk alarm),
+    /// else 0.
+    pub const BROKER_BLOCKED: &str = "pipeforce_broker_blocked";
     /// Counter: HTTP requests served, by `method`, `route` and `status`. `method` is `_OTHER`
     /// for a method outside the standard ones and `route` is `unmatched` for a path outside
     /// the routes, so clients cannot add series.

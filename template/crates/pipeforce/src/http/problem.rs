@@ -16,6 +16,8 @@ use warp::{
     reply::{self, Response},
 };
 
+use crate::messaging::PublishError;
+
 /// The largest JSON body [`json_body`] accepts: 256 KiB.
 pub const DEFAULT_BODY_LIMIT: u64 = 256 * 1024;
 
@@ -72,6 +74,19 @@ impl Problem {
 }
 
 impl Reject for Problem {}
+
+/// A publish that failed is the service's own trouble, and usually passing: `503 Service
+/// Unavailable`, saying why (RabbitMQ unreachable, blocking publishers, not confirming in
+/// time, refusing the message). Only a body that cannot be encoded is a `500`.
+impl From<PublishError> for Problem {
+    fn from(error: PublishError) -> Self {
+        let status = match error {
+            PublishError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self::new(status, format!("cannot publish the message: {error}"))
+    }
+}
 
 impl Reply for Problem {
     fn into_response(self) -> Response {
@@ -214,6 +229,17 @@ mod tests {
         assert!(is_json("application/merge-patch+json"));
         assert!(!is_json("text/plain"));
         assert!(!is_json("application/jsonx"));
+    }
+
+    #[test]
+    fn a_failed_publish_is_a_503_saying_why() {
+        let problem = Problem::from(PublishError::Blocked);
+        assert_eq!(problem.status, 503);
+        assert!(
+            problem.detail.contains("blocking publishers"),
+            "{}",
+            problem.detail
+        );
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! matched by correlation id.
 //!
 //! The [`Publisher`] is a handle that outlives connections: it opens its channel on whatever
-//! connection the consumer side currently holds, and waits a bounded time for one while the
-//! service reconnects. In unit tests ([`crate::testing`]) it records instead of sending.
+//! connection the consumer side currently hands it. Every publish is bounded by the publish
+//! timeout (`PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS`), waiting for a connection while the
+//! service reconnects included, so a caller gets an error instead of hanging: while the
+//! broker is unreachable, and while it blocks publishers (a memory or disk alarm makes
+//! RabbitMQ stop reading from publishing connections, so no confirm comes). While the
+//! connection is known to be blocked, a publish fails at once. In unit tests
+//! ([`crate::testing`]) it records instead of sending.
 
 use std::{
     collections::HashMap,
@@ -16,18 +21,24 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::BoxStream};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
+    BasicProperties, Channel, Confirmation, Connection, Event,
     options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use metrics::counter;
+use metrics::{counter, gauge};
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::sync::{oneshot, watch};
-use tracing::{Instrument, debug, field::Empty, info_span, warn};
+use tokio::{
+    sync::{oneshot, watch},
+    time::{Instant, timeout_at},
+};
+use tracing::{Instrument, debug, field::Empty, info, info_span, warn};
 
-use crate::telemetry::{self, metric};
+use crate::{
+    health::Condition,
+    telemetry::{self, metric},
+};
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -66,6 +77,15 @@ pub enum PublishError {
     /// No broker connection came up within the wait.
     #[error("not connected to RabbitMQ (waited {0:?})")]
     NotConnected(Duration),
+    /// RabbitMQ blocks publishing on the connection: a memory or disk alarm is in effect.
+    #[error(
+        "RabbitMQ is blocking publishers (a memory or disk alarm is in effect); \
+         try again once the alarm has cleared"
+    )]
+    Blocked,
+    /// The broker did not confirm the message within the publish timeout.
+    #[error("RabbitMQ did not confirm the message within {0:?}")]
+    Timeout(Duration),
     /// The broker refused the message (negative publisher confirm).
     #[error("RabbitMQ did not accept the message (publisher confirm was negative)")]
     Nacked,
@@ -117,18 +137,23 @@ impl Published {
 }
 
 impl Publisher {
+    /// A publisher on the connections `connection` hands it; each publish gives up after
+    /// `timeout`. `publishing` shows whether the broker blocks them.
     pub(crate) fn for_broker(
         exchange: &str,
         app_id: &str,
         connection: watch::Receiver<Option<Arc<Connection>>>,
-        connect_wait: Duration,
+        timeout: Duration,
+        publishing: Condition,
     ) -> Self {
-        let link = BrokerLink::new(connection, None, connect_wait);
+        tokio::spawn(follow_blocking(connection.clone(), publishing));
+        let link = BrokerLink::new(connection, None, timeout);
         Self::with_transport(exchange, app_id, Transport::Broker(link))
     }
 
     /// A publisher with a connection of its own, for programs that publish but do not consume
-    /// (scripts, tests). It tries the configured brokers in order and does not reconnect.
+    /// (scripts, tests). It tries the configured brokers in order and does not reconnect;
+    /// each publish gives up after `PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS`.
     pub async fn connect(config: &crate::Config) -> Result<Self, PublishError> {
         let messaging = &config.messaging;
         let mut last_error = None;
@@ -136,7 +161,7 @@ impl Publisher {
             match super::consumer::connect(messaging, address, &config.service).await {
                 Ok(connection) => {
                     let (owner, connection) = watch::channel(Some(Arc::new(connection)));
-                    let link = BrokerLink::new(connection, Some(owner), Duration::from_secs(10));
+                    let link = BrokerLink::new(connection, Some(owner), messaging.publish_timeout);
                     return Ok(Self::with_transport(
                         &messaging.exchange,
                         &config.service,
@@ -271,7 +296,8 @@ impl Publisher {
     }
 
     /// Sends a copy of a message to the dead-letter queue, with why and where it failed in
-    /// headers, and waits for the broker's confirm.
+    /// headers, and waits for the broker's confirm. The copy has no expiration, as with
+    /// RabbitMQ's own dead-lettering: a dead letter waits until someone looks at it.
     pub(crate) async fn dead_letter(
         &self,
         queue: &str,
@@ -295,9 +321,10 @@ impl Publisher {
         if message.redelivered {
             set("x-pipeforce-redelivered", "true");
         }
-        let properties = message
-            .properties
-            .clone()
+        if let Some(expiration) = message.properties.expiration() {
+            set("x-pipeforce-original-expiration", expiration.as_str());
+        }
+        let properties = without_expiration(&message.properties)
             .with_headers(headers)
             .with_delivery_mode(2);
         let outgoing = Outgoing {
@@ -424,46 +451,87 @@ struct BrokerLink {
     connection: watch::Receiver<Option<Arc<Connection>>>,
     /// Set for a publisher with a connection of its own ([`Publisher::connect`]).
     _own_connection: Option<watch::Sender<Option<Arc<Connection>>>>,
-    connect_wait: Duration,
-    channel: tokio::sync::Mutex<Option<Channel>>,
+    /// How long one publish may take, from waiting for a connection to the confirm.
+    timeout: Duration,
+    /// The open publish channel. Locked only to read or replace it, never across an await.
+    current: Mutex<Option<Link>>,
+    /// Held while a channel is opened, so that concurrent callers open one, not one each.
+    /// Waiting for a connection happens before, without it: each caller waits its own
+    /// timeout, not the sum of the callers' before it.
+    opening: tokio::sync::Mutex<()>,
     pending: PendingReplies,
+}
+
+/// A publish channel and the connection it is on (whose status says whether it is blocked).
+#[derive(Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    channel: Channel,
 }
 
 impl BrokerLink {
     fn new(
         connection: watch::Receiver<Option<Arc<Connection>>>,
         own_connection: Option<watch::Sender<Option<Arc<Connection>>>>,
-        connect_wait: Duration,
+        timeout: Duration,
     ) -> Self {
         Self {
             connection,
             _own_connection: own_connection,
-            connect_wait,
-            channel: tokio::sync::Mutex::new(None),
+            timeout,
+            current: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
             pending: Arc::default(),
         }
     }
 
-    /// The publish channel, opened (with its reply consumer) when there is none or it broke.
-    async fn channel(&self) -> Result<Channel, PublishError> {
-        let mut current = self.channel.lock().await;
-        if let Some(channel) = current.as_ref()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
-        }
-        let not_connected = || PublishError::NotConnected(self.connect_wait);
-        let mut updates = self.connection.clone();
-        let connection = tokio::time::timeout(
-            self.connect_wait,
-            updates.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected())),
-        )
-        .await
-        .map_err(|_| not_connected())?
-        .map_err(|_| not_connected())?
-        .clone()
-        .ok_or_else(not_connected)?;
+    /// The open publish channel, if it still works.
+    fn current(&self) -> Option<Link> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|link| link.channel.status().connected())
+    }
 
+    /// The publish channel, opened (with its reply consumer) when there is none or it broke.
+    async fn link(&self, deadline: Instant) -> Result<Link, PublishError> {
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        let not_connected = || PublishError::NotConnected(self.timeout);
+        let mut updates = self.connection.clone();
+        let connected = updates.wait_for(|c| c.as_ref().is_some_and(|c| c.status().connected()));
+        let connection = timeout_at(deadline, connected)
+            .await
+            .map_err(|_| not_connected())?
+            .map_err(|_| not_connected())?
+            .clone()
+            .ok_or_else(not_connected)?;
+        if connection.status().blocked() {
+            return Err(PublishError::Blocked);
+        }
+
+        let _opening = timeout_at(deadline, self.opening.lock())
+            .await
+            .map_err(|_| self.timed_out(&connection))?;
+        // Another caller may have opened it while this one waited for the lock.
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        let channel = timeout_at(deadline, self.open_channel(&connection))
+            .await
+            .map_err(|_| self.timed_out(&connection))??;
+        let link = Link {
+            connection,
+            channel,
+        };
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Opens a confirm-mode channel and starts consuming the replies to its requests.
+    async fn open_channel(&self, connection: &Connection) -> Result<Channel, PublishError> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -497,25 +565,45 @@ impl BrokerLink {
                 }
             }
         });
-        *current = Some(channel.clone());
         Ok(channel)
     }
 
+    /// The error for a publish that ran out of time: a blocked connection explains it.
+    fn timed_out(&self, connection: &Connection) -> PublishError {
+        if connection.status().blocked() {
+            PublishError::Blocked
+        } else {
+            PublishError::Timeout(self.timeout)
+        }
+    }
+
     async fn send(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
-        let confirmation = channel
-            .basic_publish(
-                outgoing.exchange.into(),
-                outgoing.routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: outgoing.mandatory,
-                    ..BasicPublishOptions::default()
-                },
-                outgoing.body,
-                outgoing.properties,
-            )
-            .await?
-            .await?;
+        let deadline = Instant::now() + self.timeout;
+        let Link {
+            connection,
+            channel,
+        } = self.link(deadline).await?;
+        if connection.status().blocked() {
+            return Err(PublishError::Blocked);
+        }
+        let confirmed = async {
+            channel
+                .basic_publish(
+                    outgoing.exchange.into(),
+                    outgoing.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: outgoing.mandatory,
+                        ..BasicPublishOptions::default()
+                    },
+                    outgoing.body,
+                    outgoing.properties,
+                )
+                .await?
+                .await
+        };
+        let confirmation = timeout_at(deadline, confirmed)
+            .await
+            .map_err(|_| self.timed_out(&connection))??;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_returned)) => {
@@ -528,6 +616,84 @@ impl BrokerLink {
             }
         }
     }
+}
+
+/// Follows whether RabbitMQ blocks publishing on the connection the publisher is handed, for
+/// the log, the `pipeforce_broker_blocked` gauge and the `publishing` check of
+/// `/health/ready`.
+///
+/// The check does not make the instance unready: a resource alarm blocks publishers on every
+/// node of the cluster, so every replica is blocked alike and none would serve better.
+/// Taking them all out of the load balancer would turn the clear 503 problem of a publishing
+/// endpoint into connection errors, and also stop the endpoints that do not publish, while
+/// consuming goes on either way.
+async fn follow_blocking(
+    mut connections: watch::Receiver<Option<Arc<Connection>>>,
+    publishing: Condition,
+) {
+    let show = |blocked: bool| {
+        publishing.set(!blocked);
+        gauge!(metric::BROKER_BLOCKED).set(if blocked { 1.0 } else { 0.0 });
+    };
+    loop {
+        // Listen first, then read the status: a notice in between is not missed.
+        let (mut events, blocked): (BoxStream<'static, Event>, bool) =
+            match connections.borrow_and_update().as_ref() {
+                Some(connection) => (
+                    connection.events_listener().boxed(),
+                    connection.status().blocked(),
+                ),
+                None => (futures_util::stream::pending().boxed(), false),
+            };
+        show(blocked);
+        loop {
+            tokio::select! {
+                changed = connections.changed() => match changed {
+                    Ok(()) => break,
+                    Err(_) => return,
+                },
+                Some(event) = events.next() => match event {
+                    Event::ConnectionBlocked(reason) => {
+                        warn!(%reason, "RabbitMQ blocks publishing; publishes fail until it stops");
+                        show(true);
+                    }
+                    Event::ConnectionUnblocked => {
+                        info!("RabbitMQ accepts publishes again");
+                        show(false);
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+}
+
+/// `properties` without the expiration (lapin has no way to unset one field).
+fn without_expiration(properties: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    macro_rules! keep {
+        ($($field:ident => $with:ident),* $(,)?) => {
+            $(if let Some(value) = properties.$field().clone() {
+                copy = copy.$with(value);
+            })*
+        };
+    }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        headers => with_headers,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    copy
 }
 
 /// Removes a request's entry from the pending replies however the request ends.
