@@ -370,8 +370,9 @@ async fn scenario(extra_env: &[(&'static str, &str)]) -> Scenario {
     Scenario::new(extra_env).await
 }
 
-/// Closes the service's consuming and publishing connections, listed at once, so that a new
-/// session's connections are not closed too. Returns how many it closed.
+/// Closes the service's consuming and publishing connections, listed at once and closed side
+/// by side (one `rabbitmqctl` call takes a second or more), so that a new session's
+/// connections are not closed too. Returns how many it closed.
 pub fn close_service_connections(service: &str) -> usize {
     let output = run(std::process::Command::new("rabbitmqctl").args([
         "--silent",
@@ -381,24 +382,31 @@ pub fn close_service_connections(service: &str) -> usize {
     ]));
     let markers = [service.to_owned(), format!("{service}-publish")]
         .map(|name| format!("{{\"connection_name\",\"{name}\"}}"));
-    let mut closed = 0;
-    for line in output.stdout.lines() {
-        if !markers.iter().any(|marker| line.contains(marker.as_str())) {
-            continue;
-        }
-        let Some((pid, _)) = line.split_once('\t') else {
-            continue;
-        };
-        run(std::process::Command::new("rabbitmqctl").args([
-            "--silent",
-            "close_connection",
-            pid,
-            "closed by the template's tests",
-        ]))
-        .assert_success("rabbitmqctl close_connection");
-        closed += 1;
+    let pids: Vec<String> = output
+        .stdout
+        .lines()
+        .filter(|line| markers.iter().any(|marker| line.contains(marker.as_str())))
+        .filter_map(|line| line.split_once('\t').map(|(pid, _)| pid.to_owned()))
+        .collect();
+    let closing: Vec<_> = pids
+        .iter()
+        .cloned()
+        .map(|pid| {
+            std::thread::spawn(move || {
+                run(std::process::Command::new("rabbitmqctl").args([
+                    "--silent",
+                    "close_connection",
+                    &pid,
+                    "closed by the template's tests",
+                ]))
+                .assert_success("rabbitmqctl close_connection");
+            })
+        })
+        .collect();
+    for close in closing {
+        close.join().expect("rabbitmqctl close_connection");
     }
-    closed
+    pids.len()
 }
 
 /// Open broker connections named `name`.
