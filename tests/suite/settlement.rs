@@ -143,7 +143,8 @@ async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_be
         .publish(
             exchange,
             "probe.ok.slow",
-            br#"{"id":"b","sleep_ms":2000}"#,
+            // Long enough to be cut short even when `rabbitmqctl` takes seconds.
+            br#"{"id":"b","sleep_ms":6000}"#,
             with_id(),
         )
         .await;
@@ -170,7 +171,7 @@ async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_be
         .wait_for(
             "the cut-short run and the redelivery's run",
             |lines| lines.iter().filter(|line| *line == "ok b").count() == 2,
-            Duration::from_secs(20),
+            Duration::from_secs(40),
         )
         .await;
     scenario.wait_until_queue_is_empty().await;
