@@ -143,7 +143,8 @@ async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_be
         .publish(
             exchange,
             "probe.ok.slow",
-            br#"{"id":"b","sleep_ms":2000}"#,
+            // Long enough to be cut short even when `rabbitmqctl` takes seconds.
+            br#"{"id":"b","sleep_ms":6000}"#,
             with_id(),
         )
         .await;
@@ -170,7 +171,7 @@ async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_be
         .wait_for(
             "the cut-short run and the redelivery's run",
             |lines| lines.iter().filter(|line| *line == "ok b").count() == 2,
-            Duration::from_secs(20),
+            Duration::from_secs(40),
         )
         .await;
     scenario.wait_until_queue_is_empty().await;
@@ -370,8 +371,9 @@ async fn scenario(extra_env: &[(&'static str, &str)]) -> Scenario {
     Scenario::new(extra_env).await
 }
 
-/// Closes the service's consuming and publishing connections, listed at once, so that a new
-/// session's connections are not closed too. Returns how many it closed.
+/// Closes the service's consuming and publishing connections, listed at once and closed side
+/// by side (one `rabbitmqctl` call takes a second or more), so that a new session's
+/// connections are not closed too. Returns how many it closed.
 pub fn close_service_connections(service: &str) -> usize {
     let output = run(std::process::Command::new("rabbitmqctl").args([
         "--silent",
@@ -381,24 +383,31 @@ pub fn close_service_connections(service: &str) -> usize {
     ]));
     let markers = [service.to_owned(), format!("{service}-publish")]
         .map(|name| format!("{{\"connection_name\",\"{name}\"}}"));
-    let mut closed = 0;
-    for line in output.stdout.lines() {
-        if !markers.iter().any(|marker| line.contains(marker.as_str())) {
-            continue;
-        }
-        let Some((pid, _)) = line.split_once('\t') else {
-            continue;
-        };
-        run(std::process::Command::new("rabbitmqctl").args([
-            "--silent",
-            "close_connection",
-            pid,
-            "closed by the template's tests",
-        ]))
-        .assert_success("rabbitmqctl close_connection");
-        closed += 1;
+    let pids: Vec<String> = output
+        .stdout
+        .lines()
+        .filter(|line| markers.iter().any(|marker| line.contains(marker.as_str())))
+        .filter_map(|line| line.split_once('\t').map(|(pid, _)| pid.to_owned()))
+        .collect();
+    let closing: Vec<_> = pids
+        .iter()
+        .cloned()
+        .map(|pid| {
+            std::thread::spawn(move || {
+                run(std::process::Command::new("rabbitmqctl").args([
+                    "--silent",
+                    "close_connection",
+                    &pid,
+                    "closed by the template's tests",
+                ]))
+                .assert_success("rabbitmqctl close_connection");
+            })
+        })
+        .collect();
+    for close in closing {
+        close.join().expect("rabbitmqctl close_connection");
     }
-    closed
+    pids.len()
 }
 
 /// Open broker connections named `name`.
