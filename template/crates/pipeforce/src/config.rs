@@ -551,6 +551,7 @@ impl Config {
                         .contains(&secs)
                         .then(|| Duration::from_secs(secs))
                 },
+            ),
             publish_timeout: check.parse_with(
                 "PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS",
                 env.messaging_publish_timeout_secs,
