@@ -131,6 +131,11 @@ impl Scenario {
         broker_env: Vec<(&'static str, String)>,
         extra_env: &[(&'static str, &str)],
     ) -> Self {
+        // Build the probe service before opening the broker connection: the build takes
+        // minutes, and a connection left idle that long misses its heartbeats and is dropped.
+        tokio::task::spawn_blocking(|| LazyLock::force(&PROBE_SERVICE))
+            .await
+            .expect("the probe service builds");
         let mut env = broker_env;
         env.extend(
             extra_env

@@ -16,8 +16,7 @@ use template_tests::{ServiceProcess, amqp, free_port, node::RabbitNode, run};
 
 use crate::probe::{PROBE_SERVICE, Scenario};
 
-/// The probe service, built before the test opens its broker connection: a connection left
-/// idle through a long build misses its heartbeats and is closed.
+/// The probe service's binary, built once.
 fn probe_binary() -> &'static std::path::Path {
     &LazyLock::force(&PROBE_SERVICE).1
 }
@@ -26,7 +25,6 @@ fn probe_binary() -> &'static std::path::Path {
 /// must not expire: RabbitMQ's own dead-lettering removes the expiration, and so do we.
 #[tokio::test]
 async fn a_dead_letter_does_not_expire_with_the_message_ttl() {
-    probe_binary();
     let scenario = Scenario::new(&[]).await;
     let _service = scenario.start().await;
     let dead_letter_queue = &scenario.names.dead_letter_queue;
@@ -206,7 +204,6 @@ async fn a_message_that_kills_the_service_is_dead_lettered_by_a_quorum_queue() {
 /// with it (RabbitMQ refuses changed arguments): the service uses it as it is and says so.
 #[tokio::test]
 async fn an_older_quorum_queue_without_the_new_arguments_still_works() {
-    probe_binary();
     let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_QUEUE_TYPE", "quorum")]).await;
     let connection = amqp::connect().await;
     let channel = connection.create_channel().await.unwrap();
@@ -257,7 +254,6 @@ async fn an_older_quorum_queue_without_the_new_arguments_still_works() {
 /// taken before go on being handled and acked; all of it resumes when the alarm clears.
 #[tokio::test]
 async fn a_blocked_broker_fails_publishes_in_time_and_recovers() {
-    probe_binary();
     let node = RabbitNode::start("");
     let scenario =
         Scenario::on_node(&node, &[("PIPEFORCE_MESSAGING_PUBLISH_TIMEOUT_SECS", "3")]).await;

@@ -2,10 +2,7 @@
 //! limits, panicking decoders, shutdown and the life cycle of the service's connections.
 //! Each test runs the probe service (`tests/fixtures/probe.rs`) against the real broker.
 
-use std::{
-    sync::LazyLock,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use lapin::{
     BasicProperties,
@@ -21,11 +18,11 @@ use template_tests::{
     run,
 };
 
-use crate::probe::{PROBE_SERVICE, Scenario};
+use crate::probe::Scenario;
 
 #[tokio::test]
 async fn a_deleted_dead_letter_queue_is_declared_again_and_gets_the_message() {
-    let scenario = scenario(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
+    let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
     let _service = scenario.start().await;
     let dead_letter_queue = &scenario.names.dead_letter_queue;
     let connection = amqp::connect().await;
@@ -56,7 +53,7 @@ async fn a_deleted_dead_letter_queue_is_declared_again_and_gets_the_message() {
 
 #[tokio::test]
 async fn a_full_dead_letter_queue_leaves_the_message_waiting_in_the_service_queue() {
-    let scenario = scenario(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
+    let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
     let dead_letter_queue = &scenario.names.dead_letter_queue;
     let connection = amqp::connect().await;
     let channel = connection.create_channel().await.unwrap();
@@ -123,7 +120,7 @@ async fn a_full_dead_letter_queue_leaves_the_message_waiting_in_the_service_queu
 
 #[tokio::test]
 async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_before() {
-    let scenario = scenario(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
+    let scenario = Scenario::new(&[("PIPEFORCE_MESSAGING_MAX_RETRIES", "0")]).await;
     let mut service = scenario.start().await;
     let with_id = || {
         BasicProperties::default()
@@ -179,7 +176,7 @@ async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_be
 
 #[tokio::test]
 async fn a_body_whose_decoding_panics_is_dead_lettered_and_later_messages_are_acked() {
-    let scenario = scenario(&[]).await;
+    let scenario = Scenario::new(&[]).await;
     let _service = scenario.start().await;
 
     scenario.publish("probe.explode", json!({})).await;
@@ -206,7 +203,7 @@ async fn a_body_whose_decoding_panics_is_dead_lettered_and_later_messages_are_ac
 
 #[tokio::test]
 async fn a_handler_past_its_time_limit_is_retried_then_dead_lettered_naming_the_limit() {
-    let scenario = scenario(&[
+    let scenario = Scenario::new(&[
         ("PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS", "1"),
         ("PIPEFORCE_MESSAGING_MAX_RETRIES", "1"),
     ])
@@ -242,9 +239,6 @@ async fn retries_that_cannot_finish_before_the_consumer_timeout_give_way_to_dead
     })
     .await
     .unwrap();
-    tokio::task::spawn_blocking(|| LazyLock::force(&PROBE_SERVICE))
-        .await
-        .unwrap();
     let scenario = Scenario::on_node(
         &node,
         &[
@@ -278,7 +272,7 @@ async fn retries_that_cannot_finish_before_the_consumer_timeout_give_way_to_dead
 
 #[tokio::test]
 async fn shutdown_keeps_to_its_timeout_closes_the_connections_and_requeues_what_ran() {
-    let scenario = scenario(&[("PIPEFORCE_SHUTDOWN_TIMEOUT_SECS", "2")]).await;
+    let scenario = Scenario::new(&[("PIPEFORCE_SHUTDOWN_TIMEOUT_SECS", "2")]).await;
     let mut service = scenario.start().await;
     scenario
         .publish("probe.ok.long", json!({ "id": "long", "sleep_ms": 60000 }))
@@ -313,7 +307,7 @@ async fn shutdown_keeps_to_its_timeout_closes_the_connections_and_requeues_what_
 
 #[tokio::test]
 async fn when_the_broker_cancels_the_consumer_the_session_ends_with_both_connections() {
-    let scenario = scenario(&[]).await;
+    let scenario = Scenario::new(&[]).await;
     let mut service = scenario.start().await;
     let service_name = &scenario.names.service;
     let publish_name = format!("{service_name}-publish");
@@ -359,16 +353,6 @@ async fn when_the_broker_cancels_the_consumer_the_session_ends_with_both_connect
         1,
         "one publishing connection, the new session's"
     );
-}
-
-/// A scenario whose broker connection is opened only once the probe service is built: the
-/// build blocks the test's runtime for minutes, long enough for the broker to drop a
-/// connection whose heartbeats went unanswered.
-async fn scenario(extra_env: &[(&'static str, &str)]) -> Scenario {
-    tokio::task::spawn_blocking(|| LazyLock::force(&PROBE_SERVICE))
-        .await
-        .unwrap();
-    Scenario::new(extra_env).await
 }
 
 /// Closes the service's consuming and publishing connections, listed at once and closed side
