@@ -156,10 +156,10 @@ impl App {
         info!("shutting down: no new requests or deliveries, finishing the ones in flight");
         stopping.cancel();
         upkeep.abort();
-        // The consumer keeps to the same timeout, closing included; the margin only covers
-        // the HTTP server's last responses.
+        // The consumer keeps to the same timeout, closing included, so this bound only cuts
+        // short HTTP requests still running when it passes.
         let timeout = self.config.shutdown_timeout;
-        let finished = tokio::time::timeout(timeout + Duration::from_secs(2), async {
+        let finished = tokio::time::timeout(timeout, async {
             let _ = tokio::join!(server, consumer);
         });
         if finished.await.is_err() {

@@ -850,7 +850,8 @@ impl fmt::Display for Config {
             "service={} namespace={} stage={} domain={} portal_url={} http={}:{} \
              hub_url={} hub_secret={} messaging={}@{} vhost={} tls={} messaging_password=*** \
              exchange={} queue={} queue_type={} dead_letter_queue={} prefetch={} \
-             max_retries={} retry_delay={}ms shutdown_timeout={}s log_format={:?} traces={}",
+             max_retries={} retry_delay={}ms handler_timeout={}s consumer_timeout={}s \
+             publish_timeout={}s delivery_limit={} shutdown_timeout={}s log_format={:?} traces={}",
             self.service,
             self.namespace,
             or_unset(self.stage.as_ref()),
@@ -880,6 +881,10 @@ impl fmt::Display for Config {
             messaging.prefetch,
             messaging.max_retries,
             messaging.retry_delay.as_millis(),
+            messaging.handler_timeout.as_secs(),
+            messaging.consumer_timeout.as_secs(),
+            messaging.publish_timeout.as_secs(),
+            messaging.delivery_limit,
             self.shutdown_timeout.as_secs(),
             self.telemetry.log_format,
             self.telemetry.otlp.as_ref().map_or_else(
