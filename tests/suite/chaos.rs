@@ -691,13 +691,14 @@ fn assert_no_secret_in_logs(replicas: &[ServiceProcess], secrets: &[&str]) {
 
 /// A RabbitMQ user of the run's own, so that the messaging password is one the logs could
 /// not contain by chance; removed on drop.
-struct BrokerUser {
-    name: String,
-    password: String,
+/// A RabbitMQ user of the test's own on the shared node, deleted on drop.
+pub(crate) struct BrokerUser {
+    pub(crate) name: String,
+    pub(crate) password: String,
 }
 
 impl BrokerUser {
-    fn create() -> Self {
+    pub(crate) fn create() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let user = Self {
             name: format!("chaos-{}", &id[..8]),

@@ -14,7 +14,10 @@ use lapin::{
 use serde_json::{Value, json};
 use template_tests::{ServiceProcess, amqp, free_port, node::RabbitNode, run};
 
-use crate::probe::{PROBE_SERVICE, Scenario};
+use crate::{
+    chaos::BrokerUser,
+    probe::{PROBE_SERVICE, Scenario},
+};
 
 /// The probe service's binary, built once.
 fn probe_binary() -> &'static std::path::Path {
@@ -62,6 +65,44 @@ async fn a_dead_letter_does_not_expire_with_the_message_ttl() {
             .header("x-pipeforce-original-expiration")
             .as_deref(),
         Some("1000")
+    );
+}
+
+/// A message that names its publisher in `user_id` can still be dead-lettered by a service
+/// logged in as another user: RabbitMQ refuses a publish whose `user_id` is not the
+/// publishing user's, so the copy leaves it out and keeps it in a header.
+#[tokio::test]
+async fn a_message_with_another_users_id_is_dead_lettered_all_the_same() {
+    let user = BrokerUser::create();
+    let scenario = Scenario::new(&[
+        ("PIPEFORCE_MESSAGING_USERNAME", &user.name),
+        ("PIPEFORCE_MESSAGING_PASSWORD", &user.password),
+    ])
+    .await;
+    let _service = scenario.start().await;
+
+    // The test publishes as guest, so RabbitMQ accepts `user_id` guest from it.
+    let properties = BasicProperties::default().with_user_id("guest".into());
+    scenario
+        .broker
+        .publish(
+            &scenario.names.exchange,
+            "probe.fail",
+            b"not json",
+            properties,
+        )
+        .await;
+
+    let dead_letter = scenario
+        .broker
+        .take_one(&scenario.names.dead_letter_queue, Duration::from_secs(15))
+        .await
+        .expect("the dead-letter copy of another user's message was refused");
+    assert_eq!(
+        dead_letter
+            .header("x-pipeforce-original-user-id")
+            .as_deref(),
+        Some("guest")
     );
 }
 

@@ -297,7 +297,8 @@ impl Publisher {
 
     /// Sends a copy of a message to the dead-letter queue, with why and where it failed in
     /// headers, and waits for the broker's confirm. The copy has no expiration, as with
-    /// RabbitMQ's own dead-lettering: a dead letter waits until someone looks at it.
+    /// RabbitMQ's own dead-lettering (a dead letter waits until someone looks at it), and no
+    /// user id, which would make RabbitMQ refuse it from the service's own user.
     pub(crate) async fn dead_letter(
         &self,
         queue: &str,
@@ -324,7 +325,10 @@ impl Publisher {
         if let Some(expiration) = message.properties.expiration() {
             set("x-pipeforce-original-expiration", expiration.as_str());
         }
-        let properties = without_expiration(&message.properties)
+        if let Some(user_id) = message.properties.user_id() {
+            set("x-pipeforce-original-user-id", user_id.as_str());
+        }
+        let properties = copyable(&message.properties)
             .with_headers(headers)
             .with_delivery_mode(2);
         let outgoing = Outgoing {
@@ -668,8 +672,10 @@ async fn follow_blocking(
     }
 }
 
-/// `properties` without the expiration (lapin has no way to unset one field).
-fn without_expiration(properties: &BasicProperties) -> BasicProperties {
+/// What a copy of a message may carry of its `properties`: all but the expiration, so that it
+/// does not expire where it waits, and the user id, which RabbitMQ accepts only from the user
+/// it names (lapin has no way to unset one field).
+fn copyable(properties: &BasicProperties) -> BasicProperties {
     let mut copy = BasicProperties::default();
     macro_rules! keep {
         ($($field:ident => $with:ident),* $(,)?) => {
@@ -689,7 +695,6 @@ fn without_expiration(properties: &BasicProperties) -> BasicProperties {
         message_id => with_message_id,
         timestamp => with_timestamp,
         kind => with_type,
-        user_id => with_user_id,
         app_id => with_app_id,
         cluster_id => with_cluster_id,
     );
