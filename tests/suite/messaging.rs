@@ -245,36 +245,6 @@ async fn sigterm_lets_in_flight_handlers_finish_and_loses_nothing() {
 }
 
 #[tokio::test]
-async fn sigterm_does_not_wait_past_the_timeout_and_the_message_stays_queued() {
-    let scenario = Scenario::new(&[("PIPEFORCE_SHUTDOWN_TIMEOUT_SECS", "1")]).await;
-    let mut service = scenario.start().await;
-    scenario
-        .publish("probe.ok.long", json!({ "id": "long", "sleep_ms": 20000 }))
-        .await;
-    let queue = scenario.names.queue();
-    while scenario.broker.ready_count(&queue).await != 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    service.signal(Signal::SIGTERM);
-    let asked = Instant::now();
-    let status = service.wait_for_exit(Duration::from_secs(10)).await;
-
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", service.logs());
-    assert!(
-        asked.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        asked.elapsed()
-    );
-    assert!(scenario.log.lines().is_empty());
-    assert_eq!(
-        scenario.broker.ready_count(&queue).await,
-        1,
-        "back in the queue"
-    );
-}
-
-#[tokio::test]
 async fn a_request_gets_its_reply_and_an_unanswered_one_times_out() {
     let scenario = Scenario::new(&[]).await;
     let _service = scenario.start().await;
