@@ -526,7 +526,10 @@ impl Settle {
                 ?retry_in,
                 "cannot copy to the dead-letter queue; the message stays unacked until it can"
             );
-            if let Err(error) = self.declare_dead_letter_queue().await {
+            // In case it was deleted.
+            let declared =
+                topology::declare_dead_letter_queue(&self.connection, &self.dead_letter_queue);
+            if let Err(error) = declared.await {
                 warn!(%error, queue = %self.dead_letter_queue, "cannot declare the dead-letter queue");
             }
             tokio::select! {
@@ -534,21 +537,6 @@ impl Settle {
                 () = self.session_over.cancelled() => return Completion::Abandoned,
             }
         }
-    }
-
-    /// Declares the dead-letter queue again, in case it was deleted.
-    async fn declare_dead_letter_queue(&self) -> Result<(), lapin::Error> {
-        let channel = self.connection.create_channel().await?;
-        let declared = topology::declare_dead_letter_queue(
-            &self.connection,
-            &channel,
-            &self.dead_letter_queue,
-        )
-        .await;
-        if channel.status().connected() {
-            let _ = channel.close(200, "declared".into()).await;
-        }
-        declared
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) async fn declare(
         )
         .await?;
 
-    declare_dead_letter_queue(connection, channel, &config.dead_letter_queue).await?;
+    declare_dead_letter_queue(connection, &config.dead_letter_queue).await?;
     declare_service_queue(connection, config).await?;
 
     for pattern in patterns {
@@ -170,7 +170,6 @@ fn is_precondition_failed(error: &lapin::Error) -> bool {
 /// Uses an existing dead-letter queue as it is, or creates a durable classic one.
 pub(crate) async fn declare_dead_letter_queue(
     connection: &Connection,
-    channel: &Channel,
     name: &str,
 ) -> Result<(), lapin::Error> {
     // A passive declare of a missing queue closes its channel, so probe on a spare one.
@@ -189,17 +188,8 @@ pub(crate) async fn declare_dead_letter_queue(
     if probe.status().connected() {
         let _ = probe.close(200, "probe done".into()).await;
     }
-    if !exists {
-        channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+    if exists {
+        return Ok(());
     }
-    Ok(())
+    declare_durable_queue(connection, name, std::iter::empty()).await
 }
