@@ -2,7 +2,10 @@
 //! trace continued through AMQP and HTTP, a dead collector changes nothing, and `/metrics`
 //! counts exactly what was sent.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use lapin::{
     BasicProperties,
@@ -199,10 +202,10 @@ async fn messages_are_handled_while_the_collector_is_unreachable_and_that_is_log
 }
 
 /// One scrape of `/metrics`, parsed.
-struct Scrape(prometheus_parse::Scrape);
+pub(crate) struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
-    async fn of(http: &str) -> Self {
+    pub(crate) async fn of(http: &str) -> Self {
         let text = reqwest::get(format!("{http}/metrics"))
             .await
             .unwrap()
@@ -211,6 +214,17 @@ impl Scrape {
             .unwrap();
         let lines = text.lines().map(|line| Ok(line.to_owned()));
         Self(prometheus_parse::Scrape::parse(lines).expect("Prometheus text format"))
+    }
+
+    /// The label sets of the samples whose metric name starts with `prefix` (a histogram's
+    /// buckets, sum and count share one).
+    pub(crate) fn label_sets(&self, prefix: &str) -> BTreeSet<String> {
+        self.0
+            .samples
+            .iter()
+            .filter(|sample| sample.metric.starts_with(prefix))
+            .map(|sample| sample.labels.to_string())
+            .collect()
     }
 
     /// The value of the sample `name{labels}`, 0 when it is not there (yet).

@@ -11,7 +11,7 @@ use std::{
 
 use template_tests::{ServiceProcess, free_port, run_with_timeout};
 
-use crate::DEFAULT_BINARY;
+use crate::{DEFAULT_BINARY, observability::Scrape};
 
 /// The passwords the tests put into URLs: none may appear in any output.
 const PASSWORDS: [&str; 4] = ["hub-pw-1", "portal-pw-2", "otel-pw-3", "mq-pw-4"];
@@ -104,23 +104,11 @@ fn passwords_in_invalid_urls_never_reach_the_start_up_error() {
     assert_no_password(stderr);
 }
 
-/// The label sets of the HTTP metrics on `/metrics` (a histogram's buckets, sum and count
-/// share one).
+/// The label sets of the HTTP metrics on `/metrics`.
 async fn http_series(service: &ServiceProcess) -> BTreeSet<String> {
-    let text = reqwest::get(format!("{}/metrics", service.http))
+    Scrape::of(&service.http)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines = text.lines().map(|line| Ok(line.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    scrape
-        .samples
-        .into_iter()
-        .filter(|sample| sample.metric.starts_with("pipeforce_http_"))
-        .map(|sample| sample.labels.to_string())
-        .collect()
+        .label_sets("pipeforce_http_")
 }
 
 #[tokio::test]
