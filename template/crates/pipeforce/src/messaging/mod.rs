@@ -3,8 +3,12 @@
 //!
 //! # Layout
 //! - [`pattern`]: RabbitMQ's routing-key matching (`*` one word, `#` zero or more).
-//! - `handler`: what `#[service]` generates against: [`Service`], [`Handler`], [`Context`],
-//!   [`HandlerError`], body decoding and replies.
+//! - `handler`: what `#[service]` generates against: [`Service`], [`Handler`],
+//!   [`HandlerError`] and replies.
+//! - `message`: [`Message`] as received, and reading its headers.
+//! - `context`: [`Context`], what a handler can read about its message and how it publishes.
+//! - `decode`: a body into the handler's parameter type (text, bytes or JSON).
+//! - [`asyncapi`]: the AsyncAPI document, from the handlers' bodies (`body_doc`).
 //! - `dispatch`: from a message to an [`Outcome`]: matching, decoding, running, retrying.
 //! - `consumer`: the connection, the topology (`topology`), consuming, settling, reconnecting.
 //! - `acks`: coalescing acks into `multiple=true` runs.
@@ -23,22 +27,36 @@
 
 mod acks;
 pub mod asyncapi;
+mod body_doc;
 mod consumer;
+mod context;
+mod decode;
 mod dispatch;
 mod handler;
+mod message;
 pub mod pattern;
 mod publisher;
 mod topology;
 
+pub use body_doc::{BodyDoc, SchemaDoc};
 pub(crate) use consumer::{Consumer, connect};
+pub use context::Context;
+pub use decode::DecodeError;
 pub(crate) use dispatch::{Dispatcher, TimeLimits};
 pub use dispatch::{Outcome, RetryPolicy};
-#[doc(hidden)]
-pub use handler::__private;
-pub use handler::{
-    BodyDoc, Context, DecodeError, Handler, HandlerError, HandlerFuture, HandlerResult, Message,
-    SchemaDoc, Service,
-};
+pub use handler::{Handler, HandlerError, HandlerFuture, HandlerResult, Service};
+pub use message::Message;
+pub(crate) use message::header_text;
 pub use pattern::{Pattern, PatternError};
 pub use pipeforce_macros::{event, service};
 pub use publisher::{PublishError, Published, Publisher, RequestError};
+
+/// Support for the code `#[service]` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use super::{
+        body_doc::{BodyOf, BodyOfJson, BodyOfRaw, BodyOfSchema},
+        decode::{Decode, DecodeJson, DecodeRaw},
+        handler::{IntoHandlerResult, Reply, ReplyJson, ReplyNone},
+    };
+}
