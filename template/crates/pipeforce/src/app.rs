@@ -20,6 +20,7 @@ use crate::{
     hub::HubClient,
     messaging::{Consumer, Dispatcher, Publisher, RetryPolicy, TimeLimits, asyncapi},
     services::Services,
+    telemetry::Metrics,
 };
 
 /// A service ready to run.
@@ -31,6 +32,7 @@ pub struct App {
     readiness: Readiness,
     consumer: Consumer,
     publisher: Publisher,
+    metrics: Metrics,
 }
 
 impl App {
@@ -47,7 +49,7 @@ impl App {
         let http_addr = http_listener.local_addr().map_err(bind_error)?;
 
         // Metric handles are taken below: the recorder must exist before.
-        crate::telemetry::prometheus();
+        let metrics = Metrics::install();
         let (connection, connection_updates) = watch::channel(None);
         let messaging = &config.messaging;
         let readiness = Readiness::default();
@@ -99,6 +101,7 @@ impl App {
             http_addr,
             endpoints: http::Endpoints {
                 readiness: readiness.clone(),
+                metrics: metrics.clone(),
                 services: registered.routes,
                 openapi,
                 asyncapi,
@@ -106,6 +109,7 @@ impl App {
             readiness,
             consumer,
             publisher,
+            metrics,
         })
     }
 
@@ -136,11 +140,12 @@ impl App {
         );
         let mut server = tokio::spawn(server);
         // Histograms keep their recent samples until they are drained.
-        let upkeep = tokio::spawn(async {
+        let metrics = self.metrics;
+        let upkeep = tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
                 every.tick().await;
-                crate::telemetry::prometheus().run_upkeep();
+                metrics.run_upkeep();
             }
         });
         // Its own task: consuming from `main`'s thread would cost throughput.

@@ -15,7 +15,8 @@
 //! - [`services`]: [`Services`], where the service crate registers its services.
 //! - [`testing`]: [`TestBroker`](testing::TestBroker), handlers tested without a broker.
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful shutdown.
-//! - [`telemetry`]: logging through `tracing`, filtered by `RUST_LOG`.
+//! - [`telemetry`]: logs (`tracing`, filtered by `RUST_LOG`), traces (OpenTelemetry, OTLP) and
+//!   Prometheus metrics.
 //! - [`error`]: [`Error`], what can stop the service from starting or running.
 
 pub mod app;

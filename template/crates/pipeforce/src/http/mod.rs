@@ -25,6 +25,7 @@ mod server;
 use std::{collections::BTreeMap, convert::Infallible, sync::Arc};
 
 use metrics::{counter, histogram};
+use opentelemetry_http::HeaderExtractor;
 use serde::Serialize;
 use tracing::{Span, debug, field::Empty, info_span};
 use utoipa::ToSchema;
@@ -41,7 +42,7 @@ pub(crate) use server::serve;
 
 use crate::{
     health::Readiness,
-    telemetry::{self, metric},
+    telemetry::{self, Metrics, metric},
 };
 
 /// A service's endpoints: one boxed warp filter answering with a response.
@@ -50,6 +51,7 @@ pub type Routes = BoxedFilter<(Response,)>;
 /// Everything the HTTP server serves.
 pub(crate) struct Endpoints {
     pub(crate) readiness: Readiness,
+    pub(crate) metrics: Metrics,
     pub(crate) services: Vec<Routes>,
     pub(crate) openapi: utoipa::openapi::OpenApi,
     pub(crate) asyncapi: serde_json::Value,
@@ -75,7 +77,7 @@ pub(crate) fn routes(
     let templates = Arc::new(RouteTemplates::new(documented));
 
     let mut routes: Routes = health(endpoints.readiness)
-        .or(metrics())
+        .or(metrics(endpoints.metrics))
         .unify()
         .or(docs::routes(&endpoints.openapi, &endpoints.asyncapi))
         .unify()
@@ -211,7 +213,7 @@ fn request_span(templates: &RouteTemplates, info: &warp::trace::Info<'_>) -> Spa
     if method == OTHER_METHOD {
         span.record("http.request.method_original", info.method().as_str());
     }
-    telemetry::continue_trace(&span, &telemetry::http::Headers(info.request_headers()));
+    telemetry::continue_trace(&span, &HeaderExtractor(info.request_headers()));
     telemetry::record_trace_id(&span);
     span
 }
@@ -275,10 +277,11 @@ impl RouteTemplates {
     }
 }
 
-fn metrics() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static
-{
-    warp::path!("metrics").and(warp::get()).map(|| {
-        let text = telemetry::prometheus().render();
+fn metrics(
+    metrics: Metrics,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    warp::path!("metrics").and(warp::get()).map(move || {
+        let text = metrics.render();
         reply::with_header(
             text,
             "content-type",
