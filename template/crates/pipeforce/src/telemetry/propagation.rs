@@ -80,3 +80,56 @@ pub(crate) mod amqp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    use opentelemetry::{
+        Context,
+        propagation::TextMapPropagator,
+        trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState},
+    };
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    fn remote_span() -> SpanContext {
+        SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        )
+    }
+
+    #[test]
+    fn trace_context_written_into_amqp_headers_is_read_back() {
+        let propagator = TraceContextPropagator::new();
+        let sent = Context::new().with_remote_span_context(remote_span());
+        let mut headers = FieldTable::default();
+
+        propagator.inject_context(&sent, &mut amqp::HeadersMut(&mut headers));
+        let received = propagator.extract(&amqp::Headers(Some(&headers)));
+
+        assert_eq!(received.span().span_context(), &remote_span());
+    }
+
+    #[test]
+    fn trace_context_is_read_from_a_short_string_header_and_absent_without_headers() {
+        let propagator = TraceContextPropagator::new();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::ShortString(ShortString::from(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )),
+        );
+
+        let received = propagator.extract(&amqp::Headers(Some(&headers)));
+        let none = propagator.extract(&amqp::Headers(None));
+
+        assert_eq!(received.span().span_context(), &remote_span());
+        assert!(!none.span().span_context().is_valid());
+    }
+}
