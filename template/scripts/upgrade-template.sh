@@ -127,6 +127,23 @@ old_rev=${from:-$(recorded revision)}
 [ -n "$old_rev" ] || die "$record does not record the template revision this project was generated from: pass --from <commit> (the template's commit at the time, e.g. from git log in the template)"
 old_rev=$(resolve "$old_rev")
 
+# Records the source and the new revision, leaving the file alone when they are recorded.
+write_record() {
+    local escaped
+    escaped=$(printf '%s' "$source_url" | sed 's/[|&\\]/\\&/g')
+    sed -e "s|^source = \".*\"\$|source = \"$escaped\"|" \
+        -e "s|^revision = \".*\"\$|revision = \"$new_rev\"|" "$record" >"$work/record"
+    cmp -s "$work/record" "$record" || cat "$work/record" >"$record"
+}
+
+# Already there: nothing to render or merge (an edit made in the framework stays until an
+# upgrade brings a new revision).
+if [ "$old_rev" = "$new_rev" ]; then
+    write_record
+    echo "The template of $name is already at ${new_rev:0:12} ($source_url): nothing to upgrade."
+    exit 0
+fi
+
 # Renders the template at commit $1 with the recorded answers into $work/$2/<name>: from a
 # copy of just the template's files, as ci/render does.
 render() {
@@ -240,11 +257,7 @@ $(sed 's/^/    /' "$work/lock.log")"
     fi
 fi
 
-# Record where the project now stands.
-escape() { printf '%s' "$1" | sed 's/[|&\\]/\\&/g'; }
-sed -e "s|^source = \".*\"\$|source = \"$(escape "$source_url")\"|" \
-    -e "s|^revision = \".*\"\$|revision = \"$new_rev\"|" "$record" >"$work/record"
-cmp -s "$work/record" "$record" || cat "$work/record" >"$record"
+write_record
 
 # The summary.
 list() {

@@ -260,15 +260,22 @@ fn upgrading_to_the_recorded_revision_changes_nothing() {
         &[revision(&first), source(&template)],
     );
     append(&project.file("Dockerfile"), "LABEL team=\"payments\"\n");
-    project.commit("the team's edit");
+    // Even an edit in the framework stays until a new revision replaces the file.
+    append(
+        &project.file("crates/pipeforce/src/lib.rs"),
+        "\n// A local experiment.\n",
+    );
+    project.commit("the team's edits");
 
     let output = project.upgrade(&[]);
 
     output.assert_success("upgrade-template.sh");
     assert!(
-        output
-            .stdout
-            .contains("0 updated, 0 merged cleanly, 0 with conflicts."),
+        output.stdout.contains(&format!(
+            "already at {} ({}): nothing to upgrade.",
+            &first[..12],
+            template.path().display()
+        )),
         "{}",
         output.stdout
     );
