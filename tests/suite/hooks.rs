@@ -250,6 +250,20 @@ fn every_rule_rejects_its_bad_inputs_with_its_message() {
             &["from 1 to 65535"],
             "port not a number",
         ),
+        // what .pipeforce-template.toml records for scripts/upgrade-template.sh
+        rejected(
+            Render::new("orders").define("template_revision", "main"),
+            &[
+                r#"template_revision "main" is not valid"#,
+                "must be a commit id",
+            ],
+            "revision is a branch",
+        ),
+        rejected(
+            Render::new("orders").define("template_source", "https://x/\"y\""),
+            &[r#"template_source "https://x/\"y\"" is not valid"#],
+            "source with quotes",
+        ),
     ];
 
     let mut failures = Vec::new();

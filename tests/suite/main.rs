@@ -22,6 +22,7 @@ mod secrets;
 mod settlement;
 mod shipping;
 mod tls;
+mod upgrade;
 
 use std::{path::PathBuf, sync::LazyLock};
 

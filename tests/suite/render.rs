@@ -82,6 +82,25 @@ fn the_answers_appear_where_they_are_used() {
         "Cargo.lock names the package"
     );
 
+    // What scripts/upgrade-template.sh renders the old and new template with.
+    let record: toml::Table = DEFAULT_RENDER
+        .read(".pipeforce-template.toml")
+        .parse()
+        .unwrap();
+    let answers = &record["answers"];
+    assert_eq!(answers["project-name"].as_str(), Some("orders"));
+    assert_eq!(answers["namespace"].as_str(), Some("acme"));
+    assert_eq!(answers["http_port"].as_str(), Some("8080"));
+    assert_eq!(
+        answers["registry"].as_str(),
+        Some("us-east1-docker.pkg.dev/pipeforce/acme")
+    );
+    assert_eq!(
+        record["template"]["revision"].as_str(),
+        Some(""),
+        "no revision was given, so none is claimed"
+    );
+
     if DEFAULT_RENDER.dir.join("Dockerfile").exists() {
         let dockerfile = DEFAULT_RENDER.read("Dockerfile");
         assert!(dockerfile.contains("orders"), "{dockerfile}");

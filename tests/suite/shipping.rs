@@ -226,6 +226,7 @@ fn every_rendered_script_is_executable_and_passes_shellcheck() {
         "run-tests-integration.sh",
         "run-tests-performance.sh",
         "run-tests-all.sh",
+        "scripts/upgrade-template.sh",
     ] {
         assert!(
             scripts.contains(&PathBuf::from(script)),
