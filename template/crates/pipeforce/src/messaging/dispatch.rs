@@ -95,6 +95,17 @@ pub(crate) struct Dispatcher {
     limits: TimeLimits,
 }
 
+/// One handler's runs of one message.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    handler: &'a Handler,
+    metrics: &'a HandlerMetrics,
+    context: &'a Context,
+    /// When the message arrived: retries must end before the broker's consumer timeout.
+    delivered: Instant,
+    stopping: &'a CancellationToken,
+}
+
 /// Metric handles looked up once, not on every message: a lookup hashes the name and labels.
 struct HandlerMetrics {
     handled: Counter,
@@ -175,118 +186,146 @@ impl Dispatcher {
         stopping: &CancellationToken,
     ) -> Outcome {
         let delivered = Instant::now();
-        let matching: Vec<(&Handler, &HandlerMetrics)> = self
-            .handlers
-            .iter()
-            .zip(&self.metrics)
-            .filter(|(handler, _)| handler.matches(&message.routing_key))
-            .collect();
-        if matching.is_empty() {
-            self.dead_letters.no_handler.increment(1);
-            self.dead_letters.no_handler_consumed.increment(1);
-            return Outcome::DeadLettered {
-                reason: format!(
-                    "no handler matches routing key {:?} (was a handler removed while its \
-                     binding stayed?)",
-                    message.routing_key
-                ),
-                handler: None,
-            };
-        }
-
+        let matching = match self.matching(&message.routing_key) {
+            Ok(matching) => matching,
+            Err(outcome) => return outcome,
+        };
         let context = Context::new(Arc::clone(&message), self.publisher.clone());
         // Decode for every handler before running any, so an undecodable message runs none.
         let mut runs = Vec::with_capacity(matching.len());
         for (handler, metrics) in matching {
-            match start(handler, &context) {
+            match self.start(handler, metrics, &context) {
                 Ok(run) => runs.push((handler, metrics, run)),
-                Err(error) => {
-                    self.dead_letters.undecodable.increment(1);
-                    metrics.dead_lettered.increment(1);
-                    return Outcome::DeadLettered {
-                        reason: format!("cannot decode the body: {error}"),
-                        handler: Some(handler.name()),
-                    };
-                }
+                Err(outcome) => return outcome,
             }
         }
-
         let mut handlers = Vec::with_capacity(runs.len());
         let mut replies = Vec::new();
         for (handler, metrics, first_run) in runs {
-            let mut run = first_run;
-            let mut delays = self.retry.delays();
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                let started = Instant::now();
-                let result = self.run(run).await;
-                metrics.duration.record(started.elapsed().as_secs_f64());
-                let error = match result {
-                    Ok(reply) => {
-                        metrics.handled.increment(1);
-                        handlers.push(handler.name());
-                        replies.extend(reply);
-                        break;
-                    }
-                    Err(error) => error,
-                };
-                let failed = || {
-                    self.dead_letters.handler_failed.increment(1);
-                    metrics.dead_lettered.increment(1);
-                    format!(
-                        "{} failed after {attempts} attempt{}: {error}",
-                        handler.name(),
-                        if attempts == 1 { "" } else { "s" }
-                    )
-                };
-                let Some(delay) = delays.next().filter(|_| error.is_retryable()) else {
-                    return Outcome::DeadLettered {
-                        reason: failed(),
-                        handler: Some(handler.name()),
-                    };
-                };
-                if !self.retry_fits(delivered, delay) {
-                    return Outcome::DeadLettered {
-                        reason: format!(
-                            "{}; not retried, since another attempt could not finish before \
-                             the broker's consumer timeout \
-                             (PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS)",
-                            failed()
-                        ),
-                        handler: Some(handler.name()),
-                    };
+            let attempt = Attempt {
+                handler,
+                metrics,
+                context: &context,
+                delivered,
+                stopping,
+            };
+            match self.run_with_retries(attempt, first_run).await {
+                Ok(reply) => {
+                    handlers.push(handler.name());
+                    replies.extend(reply);
                 }
-                metrics.retries.increment(1);
-                warn!(
-                    handler = handler.name(),
-                    routing_key = %message.routing_key,
-                    retry = attempts,
-                    ?delay,
-                    error = %error,
-                    "handler failed; retrying"
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = stopping.cancelled() => {
-                        metrics.abandoned.increment(1);
-                        return Outcome::Abandoned;
-                    }
-                }
-                run = match start(handler, &context) {
-                    Ok(run) => run,
-                    Err(error) => {
-                        self.dead_letters.undecodable.increment(1);
-                        metrics.dead_lettered.increment(1);
-                        return Outcome::DeadLettered {
-                            reason: format!("cannot decode the body: {error}"),
-                            handler: Some(handler.name()),
-                        };
-                    }
-                };
+                Err(outcome) => return outcome,
             }
         }
         Outcome::Handled { handlers, replies }
+    }
+
+    /// The handlers for `routing_key`, in registration order; none is a dead letter.
+    fn matching(&self, routing_key: &str) -> Result<Vec<(&Handler, &HandlerMetrics)>, Outcome> {
+        let matching: Vec<_> = self
+            .handlers
+            .iter()
+            .zip(&self.metrics)
+            .filter(|(handler, _)| handler.matches(routing_key))
+            .collect();
+        if matching.is_empty() {
+            self.dead_letters.no_handler.increment(1);
+            self.dead_letters.no_handler_consumed.increment(1);
+            return Err(Outcome::DeadLettered {
+                reason: format!(
+                    "no handler matches routing key {routing_key:?} (was a handler removed \
+                     while its binding stayed?)"
+                ),
+                handler: None,
+            });
+        }
+        Ok(matching)
+    }
+
+    /// Decodes the body for `handler` and starts it; a body it cannot decode is a dead letter.
+    fn start(
+        &self,
+        handler: &Handler,
+        metrics: &HandlerMetrics,
+        context: &Context,
+    ) -> Result<HandlerFuture, Outcome> {
+        decode_and_start(handler, context).map_err(|error| {
+            self.dead_letters.undecodable.increment(1);
+            metrics.dead_lettered.increment(1);
+            Outcome::DeadLettered {
+                reason: format!("cannot decode the body: {error}"),
+                handler: Some(handler.name()),
+            }
+        })
+    }
+
+    /// Runs one handler until it succeeds (its reply, if any), or gives up: a dead letter once
+    /// the error is not retryable, the retries are spent or the next one would outlive the
+    /// consumer timeout; abandoned when `stopping` fires while waiting to retry.
+    async fn run_with_retries(
+        &self,
+        attempt: Attempt<'_>,
+        first_run: HandlerFuture,
+    ) -> Result<Option<Vec<u8>>, Outcome> {
+        let Attempt {
+            handler, metrics, ..
+        } = attempt;
+        let mut run = first_run;
+        let mut delays = self.retry.delays();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let started = Instant::now();
+            let result = self.run(run).await;
+            metrics.duration.record(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(reply) => {
+                    metrics.handled.increment(1);
+                    return Ok(reply);
+                }
+                Err(error) => error,
+            };
+            let failed = || {
+                self.dead_letters.handler_failed.increment(1);
+                metrics.dead_lettered.increment(1);
+                format!(
+                    "{} failed after {attempts} attempt{}: {error}",
+                    handler.name(),
+                    if attempts == 1 { "" } else { "s" }
+                )
+            };
+            let dead_letter = |reason| Outcome::DeadLettered {
+                reason,
+                handler: Some(handler.name()),
+            };
+            let Some(delay) = delays.next().filter(|_| error.is_retryable()) else {
+                return Err(dead_letter(failed()));
+            };
+            if !self.retry_fits(attempt.delivered, delay) {
+                return Err(dead_letter(format!(
+                    "{}; not retried, since another attempt could not finish before the \
+                     broker's consumer timeout (PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS)",
+                    failed()
+                )));
+            }
+            metrics.retries.increment(1);
+            warn!(
+                handler = handler.name(),
+                routing_key = %attempt.context.routing_key(),
+                retry = attempts,
+                ?delay,
+                error = %error,
+                "handler failed; retrying"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = attempt.stopping.cancelled() => {
+                    metrics.abandoned.increment(1);
+                    return Err(Outcome::Abandoned);
+                }
+            }
+            run = self.start(handler, metrics, attempt.context)?;
+        }
     }
 
     /// One handler run, within the handler time limit; a panic or overrun is a failure.
@@ -324,7 +363,7 @@ impl Dispatcher {
 
 /// Decodes the body for `handler` and starts it; a decoder that panics (a hand-written
 /// `Deserialize`) is an undecodable body, not a delivery that never completes.
-fn start(handler: &Handler, context: &Context) -> Result<HandlerFuture, DecodeError> {
+fn decode_and_start(handler: &Handler, context: &Context) -> Result<HandlerFuture, DecodeError> {
     std::panic::catch_unwind(AssertUnwindSafe(|| handler.start(context.clone()))).unwrap_or_else(
         |panic| {
             Err(DecodeError::new(format!(
