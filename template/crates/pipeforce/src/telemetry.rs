@@ -1,8 +1,9 @@
 //! Logs, traces and metrics.
 //!
 //! - **Logs** go through `tracing` to stderr, as text or JSON ([`LogFormat`]), filtered by
-//!   `RUST_LOG` (default `info`). Inside a message or an HTTP request every line carries the
-//!   request's `trace_id`, a field of the span the framework opens for it.
+//!   `RUST_LOG` (default `info`), both read and checked with the rest of the [`Config`].
+//!   Inside a message or an HTTP request every line carries the request's `trace_id`, a field
+//!   of the span the framework opens for it.
 //! - **Traces**: every consumed message, served request, publish and hub call is an
 //!   OpenTelemetry span, named by the semantic conventions. W3C `traceparent`/`tracestate` are
 //!   read from incoming message headers and HTTP headers and written into outgoing ones, so a
@@ -28,7 +29,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
     trace::{TraceContextExt, TracerProvider as _},
 };
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -46,7 +47,7 @@ use tracing_subscriber::{
 
 use crate::{
     Config, Error,
-    config::{LogFormat, OtlpExport, OtlpProtocol, Sampler, masked},
+    config::{LogFormat, OtlpExport, masked},
 };
 
 /// Log targets that stay out of traces: the exporter's own HTTP/gRPC stack (exporting its own
@@ -73,12 +74,8 @@ impl Drop for Telemetry {
 /// inside the Tokio runtime, and keep the returned value until the end of `main`.
 pub fn init(config: &Config) -> Result<Telemetry, Error> {
     let telemetry = &config.telemetry;
-    let log_filter = match std::env::var("RUST_LOG") {
-        Ok(directives) => {
-            EnvFilter::try_new(&directives).map_err(|error| Error::LogFilter(error.to_string()))?
-        }
-        Err(_) => EnvFilter::new("info,warp::filters::trace=off"),
-    };
+    let log_filter = EnvFilter::try_new(&telemetry.log_filter)
+        .map_err(|error| Error::LogFilter(error.to_string()))?;
     // Handlers log on the hot path: a writer thread takes the lines and writes them in
     // batches, instead of a write system call per line on the handler's thread. It never
     // drops a line; a full queue makes the logger wait.
@@ -141,28 +138,15 @@ pub fn init(config: &Config) -> Result<Telemetry, Error> {
 
 fn tracer_provider(config: &Config) -> Result<SdkTracerProvider, Error> {
     let telemetry = &config.telemetry;
-    let mut resource = Resource::builder()
-        .with_attribute(KeyValue::new("service.namespace", config.namespace.clone()));
-    // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by the resource builder itself
-    // and win over these defaults.
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(telemetry.service_name.clone());
-    }
-    let sampler = match telemetry.sampler {
-        Sampler::AlwaysOn => sdk::Sampler::AlwaysOn,
-        Sampler::AlwaysOff => sdk::Sampler::AlwaysOff,
-        Sampler::TraceIdRatio(ratio) => sdk::Sampler::TraceIdRatioBased(ratio),
-        Sampler::ParentBasedAlwaysOn => sdk::Sampler::ParentBased(Box::new(sdk::Sampler::AlwaysOn)),
-        Sampler::ParentBasedAlwaysOff => {
-            sdk::Sampler::ParentBased(Box::new(sdk::Sampler::AlwaysOff))
-        }
-        Sampler::ParentBasedTraceIdRatio(ratio) => {
-            sdk::Sampler::ParentBased(Box::new(sdk::Sampler::TraceIdRatioBased(ratio)))
-        }
-    };
-    let builder = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_sampler(sampler);
+    // The resource builder adds OTEL_RESOURCE_ATTRIBUTES; the service name set on top is
+    // OTEL_SERVICE_NAME when set, which wins as the specification says.
+    let resource = Resource::builder()
+        .with_attribute(KeyValue::new("service.namespace", config.namespace.clone()))
+        .with_service_name(telemetry.service_name.clone())
+        .build();
+    // The builder reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG itself; the config has
+    // checked them.
+    let builder = SdkTracerProvider::builder().with_resource(resource);
     let Some(otlp) = &telemetry.otlp else {
         // No exporter: spans still get ids and propagate, they just go nowhere.
         return Ok(builder.build());
@@ -195,17 +179,12 @@ fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, 
     };
     match otlp.protocol {
         // tonic needs the Tokio runtime this runs in.
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(&otlp.endpoint)
             .build()
             .map_err(exporter_error),
         protocol => {
-            let protocol = if protocol == OtlpProtocol::HttpJson {
-                opentelemetry_otlp::Protocol::HttpJson
-            } else {
-                opentelemetry_otlp::Protocol::HttpBinary
-            };
             let endpoint = otlp.endpoint.clone();
             // The HTTP exporter runs a blocking client on the batch thread, and a blocking
             // client must not be created on a Tokio worker: build it on a thread of its own.
