@@ -160,6 +160,45 @@ async fn an_http_request_continues_its_callers_trace() {
     );
 }
 
+/// The SDK reads `OTEL_TRACES_SAMPLER` itself (the service's config only checks it):
+/// `parentbased_always_off` continues a caller's sampled trace and records no new one.
+#[tokio::test]
+async fn the_sampler_named_in_otel_traces_sampler_decides_which_traces_are_recorded() {
+    let receiver = OtlpReceiver::start().await;
+    let mut settings = export_to(&receiver);
+    settings.push(("OTEL_TRACES_SAMPLER", "parentbased_always_off".to_owned()));
+    let scenario = Scenario::new(&env(&settings)).await;
+    let service = scenario.start().await;
+    let sampled = "5b8efff798038103d269b633813fc60c";
+    let client = reqwest::Client::new();
+    let live = format!("{}/health/live", service.http);
+
+    // A new trace first, then the caller's: spans are exported in the order they end.
+    let response = client.get(&live).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = client
+        .get(&live)
+        .header("traceparent", traceparent(sampled, PARENT))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    receiver
+        .wait_for(
+            "for the caller's trace",
+            |span| span.trace_id == sampled,
+            Duration::from_secs(15),
+        )
+        .await;
+    let recorded: BTreeSet<String> = receiver
+        .spans()
+        .into_iter()
+        .map(|span| span.trace_id)
+        .collect();
+    assert_eq!(recorded, BTreeSet::from([sampled.to_owned()]));
+}
+
 #[tokio::test]
 async fn messages_are_handled_while_the_collector_is_unreachable_and_that_is_logged_once() {
     // Port 1: nothing listens there, so every export is refused at once.

@@ -159,7 +159,7 @@ const DEFAULTS: Defaults = Defaults {
 };
 
 /// The variables the service reads, and the unknown one that must not matter.
-const VARIABLES: [&str; 16] = [
+const VARIABLES: [&str; 18] = [
     "PIPEFORCE_SERVICE",
     "PIPEFORCE_NAMESPACE",
     "PIPEFORCE_HTTP_PORT",
@@ -175,6 +175,8 @@ const VARIABLES: [&str; 16] = [
     "PIPEFORCE_LOG_FORMAT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "RUST_LOG",
     "PIPEFORCE_SOMETHING_UNKNOWN",
 ];
 
@@ -187,6 +189,8 @@ fn value() -> impl Strategy<Value = String> {
         Just("http://hub:8080".to_owned()),
         Just("Bearer t".to_owned()),
         Just("quorum".to_owned()),
+        Just("parentbased_traceidratio".to_owned()),
+        Just("0.5".to_owned()),
     ]
 }
 

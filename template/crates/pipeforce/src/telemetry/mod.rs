@@ -1,8 +1,9 @@
 //! Logs, traces and metrics.
 //!
 //! - **Logs** go through `tracing` to stderr, as text or JSON ([`LogFormat`]), filtered by
-//!   `RUST_LOG` (default `info`). Inside a message or an HTTP request every line carries the
-//!   request's `trace_id`, a field of the span the framework opens for it.
+//!   `RUST_LOG` (default `info`), both read and checked with the rest of the [`Config`].
+//!   Inside a message or an HTTP request every line carries the request's `trace_id`, a field
+//!   of the span the framework opens for it.
 //! - **Traces**: every consumed message, served request, publish and hub call is an
 //!   OpenTelemetry span, named by the semantic conventions, exported over OTLP when an
 //!   endpoint is configured. W3C `traceparent`/`tracestate` are read from incoming message and
@@ -54,12 +55,8 @@ impl Drop for Telemetry {
 /// installed by [`App::build`](crate::App::build), which serves it.)
 pub fn init(config: &Config) -> Result<Telemetry, Error> {
     let telemetry = &config.telemetry;
-    let log_filter = match std::env::var("RUST_LOG") {
-        Ok(directives) => {
-            EnvFilter::try_new(&directives).map_err(|error| Error::LogFilter(error.to_string()))?
-        }
-        Err(_) => EnvFilter::new("info,warp::filters::trace=off"),
-    };
+    let log_filter = EnvFilter::try_new(&telemetry.log_filter)
+        .map_err(|error| Error::LogFilter(error.to_string()))?;
     let (logs, log_writer) = logs::layer(telemetry.log_format);
     let tracer_provider = traces::provider(config)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());

@@ -13,7 +13,7 @@ use std::{
 };
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -28,7 +28,7 @@ use tracing_subscriber::{
 
 use crate::{
     Config, Error,
-    config::{OtlpExport, OtlpProtocol, Sampler, masked},
+    config::{OtlpExport, masked},
 };
 
 /// Log targets that stay out of traces: the exporter's own HTTP/gRPC stack (exporting its own
@@ -64,16 +64,15 @@ where
 /// OTLP exporter when an endpoint is configured.
 pub(super) fn provider(config: &Config) -> Result<SdkTracerProvider, Error> {
     let telemetry = &config.telemetry;
-    let mut resource = Resource::builder()
-        .with_attribute(KeyValue::new("service.namespace", config.namespace.clone()));
-    // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read by the resource builder itself
-    // and win over these defaults.
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(telemetry.service_name.clone());
-    }
-    let builder = SdkTracerProvider::builder()
-        .with_resource(resource.build())
-        .with_sampler(sampler(telemetry.sampler));
+    // The resource builder adds OTEL_RESOURCE_ATTRIBUTES; the service name set on top is
+    // OTEL_SERVICE_NAME when set, which wins as the specification says.
+    let resource = Resource::builder()
+        .with_attribute(KeyValue::new("service.namespace", config.namespace.clone()))
+        .with_service_name(telemetry.service_name.clone())
+        .build();
+    // The builder reads OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG itself; the config has
+    // checked them.
+    let builder = SdkTracerProvider::builder().with_resource(resource);
     let Some(otlp) = &telemetry.otlp else {
         return Ok(builder.build());
     };
@@ -98,21 +97,6 @@ pub(super) fn provider(config: &Config) -> Result<SdkTracerProvider, Error> {
     Ok(builder.with_span_processor(processor).build())
 }
 
-fn sampler(sampler: Sampler) -> sdk::Sampler {
-    match sampler {
-        Sampler::AlwaysOn => sdk::Sampler::AlwaysOn,
-        Sampler::AlwaysOff => sdk::Sampler::AlwaysOff,
-        Sampler::TraceIdRatio(ratio) => sdk::Sampler::TraceIdRatioBased(ratio),
-        Sampler::ParentBasedAlwaysOn => sdk::Sampler::ParentBased(Box::new(sdk::Sampler::AlwaysOn)),
-        Sampler::ParentBasedAlwaysOff => {
-            sdk::Sampler::ParentBased(Box::new(sdk::Sampler::AlwaysOff))
-        }
-        Sampler::ParentBasedTraceIdRatio(ratio) => {
-            sdk::Sampler::ParentBased(Box::new(sdk::Sampler::TraceIdRatioBased(ratio)))
-        }
-    }
-}
-
 fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, Error> {
     let exporter_error = |error: opentelemetry_otlp::ExporterBuildError| {
         // The error may quote the endpoint.
@@ -120,17 +104,12 @@ fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, 
     };
     match otlp.protocol {
         // tonic needs the Tokio runtime this runs in.
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(&otlp.endpoint)
             .build()
             .map_err(exporter_error),
         protocol => {
-            let protocol = if protocol == OtlpProtocol::HttpJson {
-                opentelemetry_otlp::Protocol::HttpJson
-            } else {
-                opentelemetry_otlp::Protocol::HttpBinary
-            };
             let endpoint = otlp.endpoint.clone();
             // The HTTP exporter runs a blocking client on the batch thread, and a blocking
             // client must not be created on a Tokio worker: build it on a thread of its own.
