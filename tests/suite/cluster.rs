@@ -197,7 +197,9 @@ async fn on_a_three_node_cluster_replicas_fail_over_and_nothing_is_lost() {
     for interruption in &interruptions {
         interruption.assert_replicas_failed_over(&outcome, &replicas);
     }
-    assert_greetings_answered_in_time_and_accepted_only_when_confirmed(&greetings, &captured);
+    assert_greetings_answered_in_time_and_accepted_only_when_confirmed(
+        &greetings, &replicas, &captured,
+    );
 }
 
 /// One thing the test breaks.
@@ -763,6 +765,7 @@ async fn publish_confirmed(channel: &Channel, exchange: &str, ids: &[u64]) -> Ve
 struct Greeting {
     replica: String,
     name: String,
+    at_micros: u128,
     took: Duration,
     /// The HTTP status, or why there was none.
     outcome: Result<u16, String>,
@@ -783,6 +786,7 @@ async fn greet_until_stopped(replica: ReplicaHandle, stop: Arc<AtomicBool>) -> V
         ticks.tick().await;
         let name = format!("{}-{}", replica.name, greetings.len());
         let started = Instant::now();
+        let at_micros = now_micros();
         let outcome = client
             .post(&url)
             .json(&serde_json::json!({ "name": name }))
@@ -793,6 +797,7 @@ async fn greet_until_stopped(replica: ReplicaHandle, stop: Arc<AtomicBool>) -> V
         greetings.push(Greeting {
             replica: replica.name.clone(),
             name,
+            at_micros,
             took: started.elapsed(),
             outcome,
         });
@@ -800,13 +805,39 @@ async fn greet_until_stopped(replica: ReplicaHandle, stop: Arc<AtomicBool>) -> V
     greetings
 }
 
+/// The greetings posted to a replica while it had no broker: a span of 503s on its
+/// `/health/ready` overlaps the time the post took.
+fn while_unready<'a>(greetings: &'a [Greeting], replicas: &[Replica]) -> Vec<&'a Greeting> {
+    greetings
+        .iter()
+        .filter(|greeting| {
+            let replica = replicas
+                .iter()
+                .find(|replica| replica.name == greeting.replica)
+                .expect("a replica of the test");
+            let until = greeting.at_micros + greeting.took.as_micros();
+            replica.readiness.spans.lock().unwrap().iter().any(|span| {
+                span.status != 200
+                    && span.first_micros <= until
+                    && span.last_micros >= greeting.at_micros
+            })
+        })
+        .collect()
+}
+
 /// Every `POST /greetings` answered within the publish timeout (and a little for HTTP on a
 /// busy machine), with 202 or 503; and every greeting answered 202 is in the capture queue,
 /// i.e. the broker had it.
 fn assert_greetings_answered_in_time_and_accepted_only_when_confirmed(
     greetings: &[Greeting],
+    replicas: &[Replica],
     captured: &BTreeSet<String>,
 ) {
+    let during_failovers = while_unready(greetings, replicas);
+    assert!(
+        !during_failovers.is_empty(),
+        "no POST /greetings was answered while its replica had no broker"
+    );
     let limit = PUBLISH_TIMEOUT + Duration::from_secs(2);
     for greeting in greetings {
         assert!(
@@ -1065,14 +1096,21 @@ impl Outcome {
             greetings.iter().filter(|g| wanted(&g.outcome)).count()
         };
         let slowest = greetings.iter().map(|g| g.took).max().unwrap_or_default();
+        let during_failovers = while_unready(greetings, replicas);
         let _ = write!(
             text,
             "  POST /greetings: {} answered 202, {} answered 503, {} other; slowest {:.2} s \
-             (publish timeout {PUBLISH_TIMEOUT:?})",
+             (publish timeout {PUBLISH_TIMEOUT:?}); {} while the replica had no broker, {} of \
+             them answered 202",
             count(|o| *o == Ok(202)),
             count(|o| *o == Ok(503)),
             count(|o| !matches!(o, Ok(202 | 503))),
-            slowest.as_secs_f64()
+            slowest.as_secs_f64(),
+            during_failovers.len(),
+            during_failovers
+                .iter()
+                .filter(|g| g.outcome == Ok(202))
+                .count()
         );
         text
     }
