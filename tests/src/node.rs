@@ -1,10 +1,12 @@
 //! Throw-away RabbitMQ nodes beside the shared one, for tests that must change what a node does
 //! (a lowered consumer timeout, a memory alarm, a node that dies) without disturbing the shared
-//! node every other test uses.
+//! node every other test uses; and clusters of them ([`RabbitCluster`]).
 //!
 //! A node runs the machine's own RabbitMQ under a name, ports and data dir of its own, with the
 //! management plugin off, as the `rabbitmq` user (Debian's scripts switch to it, keeping the
-//! environment). It is stopped and its data removed on drop, also when the test fails.
+//! environment, so every node has the same Erlang cookie and can join the others). It can be
+//! killed (`kill -9`), stopped and started again on the same ports and data, and is stopped and
+//! its data removed on drop, also when the test fails.
 
 use std::{
     fs,
@@ -12,9 +14,11 @@ use std::{
     os::unix::fs::{PermissionsExt, chown},
     path::Path,
     process::Command,
-    time::{Duration, Instant},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant, SystemTime},
 };
 
+use nix::{sys::signal::Signal, unistd::Pid};
 use tempfile::TempDir;
 
 use crate::{Output, free_port, run};
@@ -23,7 +27,11 @@ use crate::{Output, free_port, run};
 pub struct RabbitNode {
     name: String,
     port: u16,
+    /// The Erlang distribution port, kept across restarts like the AMQP port.
+    dist_port: u16,
     dir: TempDir,
+    /// Whether the node should be running: started and neither killed nor stopped since.
+    running: AtomicBool,
 }
 
 impl RabbitNode {
@@ -57,12 +65,25 @@ impl RabbitNode {
         }
         give_to_rabbitmq(path);
 
-        let node = Self { name, port, dir };
+        let node = Self {
+            name,
+            port,
+            dist_port: free_port(),
+            dir,
+            running: AtomicBool::new(false),
+        };
+        node.launch();
+        node
+    }
+
+    /// Starts the node's Erlang VM on its name, ports and data dir, and waits until it is up.
+    fn launch(&self) {
+        let path = self.dir.path();
         let started = Command::new("rabbitmq-server")
             .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node.name)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", path.join("log"))
             .env("RABBITMQ_CONFIG_FILE", path.join("rabbitmq.conf"))
@@ -78,8 +99,66 @@ impl RabbitNode {
             .status()
             .expect("rabbitmq-server runs");
         assert!(started.success(), "rabbitmq-server -detached: {started}");
-        node.wait_until_up(Duration::from_secs(60));
-        node
+        self.running.store(true, Ordering::SeqCst);
+        self.wait_until_up(Duration::from_secs(90));
+    }
+
+    /// Starts a node stopped or killed before, on the same name, ports and data (so it comes
+    /// back into its cluster), and waits until it is up.
+    pub fn start_again(&self) {
+        assert!(
+            !self.running.load(Ordering::SeqCst),
+            "{} runs already",
+            self.name
+        );
+        self.launch();
+    }
+
+    /// Stops the node the orderly way (`rabbitmqctl stop`): clients get a connection.close.
+    pub fn stop(&self) {
+        if self.running.swap(false, Ordering::SeqCst) {
+            // `stop` halts the Erlang VM and returns once it is gone.
+            let _ = self.ctl(&["stop"]);
+        }
+    }
+
+    /// Kills the node's Erlang VM with SIGKILL, as a crash or a lost machine would: no
+    /// connection.close, no handing over. Returns once the process is gone, with the time
+    /// the signal was sent (finding the process takes a second or two before that).
+    pub fn kill(&self) -> SystemTime {
+        let pid = self.os_pid();
+        self.running.store(false, Ordering::SeqCst);
+        let killed_at = SystemTime::now();
+        nix::sys::signal::kill(pid, Signal::SIGKILL).expect("kill -9 the node");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Signal 0 reports whether the process exists; a zombie counts until it is reaped.
+        while nix::sys::signal::kill(pid, None).is_ok() && !is_zombie(pid) {
+            assert!(Instant::now() < deadline, "{} survived kill -9", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        killed_at
+    }
+
+    /// The OS process id of the node's Erlang VM.
+    pub fn os_pid(&self) -> Pid {
+        let output = self.ctl(&["eval", "os:getpid()."]);
+        output.assert_success("rabbitmqctl eval os:getpid()");
+        let pid = output.stdout.trim().trim_matches('"');
+        Pid::from_raw(
+            pid.parse()
+                .unwrap_or_else(|_| panic!("os:getpid() gave {pid:?}")),
+        )
+    }
+
+    /// Makes the node a member of `seed`'s cluster (stop_app, join_cluster, start_app).
+    pub fn join(&self, seed: &RabbitNode) {
+        self.ctl(&["stop_app"])
+            .assert_success(&format!("rabbitmqctl -n {} stop_app", self.name));
+        self.ctl(&["join_cluster", seed.name()])
+            .assert_success(&format!("{} join_cluster {}", self.name, seed.name()));
+        self.ctl(&["start_app"])
+            .assert_success(&format!("rabbitmqctl -n {} start_app", self.name));
+        self.wait_until_up(Duration::from_secs(90));
     }
 
     /// The Erlang node name, e.g. `pf-test-1a2b3c4d@localhost`.
@@ -146,8 +225,88 @@ impl RabbitNode {
 
 impl Drop for RabbitNode {
     fn drop(&mut self) {
-        // `stop` halts the Erlang VM and returns once it is gone.
-        let _ = self.ctl(&["stop"]);
+        self.stop();
+    }
+}
+
+/// Whether the process has exited and waits to be reaped (the node is no child of ours, so
+/// it normally is reaped by init at once; this keeps [`RabbitNode::kill`] from waiting on it).
+fn is_zombie(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+/// Several [`RabbitNode`]s joined into one RabbitMQ cluster; every node is stopped on drop,
+/// side by side, also when the test fails.
+pub struct RabbitCluster {
+    pub nodes: Vec<RabbitNode>,
+}
+
+impl RabbitCluster {
+    /// Starts `size` nodes at once (a node takes 10 to 40 s to start on a busy machine), then
+    /// joins the others to the first, one by one.
+    pub fn start(size: usize) -> Self {
+        let nodes: Vec<RabbitNode> = std::thread::scope(|scope| {
+            let starting: Vec<_> = (0..size)
+                .map(|_| scope.spawn(|| RabbitNode::start("")))
+                .collect();
+            starting
+                .into_iter()
+                .map(|node| node.join().expect("a node starts"))
+                .collect()
+        });
+        // Built before joining: should a join fail, dropping it stops every node.
+        let cluster = Self { nodes };
+        for node in &cluster.nodes[1..] {
+            node.join(&cluster.nodes[0]);
+        }
+        cluster
+    }
+
+    /// `PIPEFORCE_MESSAGING_ADDRESSES` for the cluster: every node's address.
+    pub fn addresses(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node listening on AMQP port `port`.
+    pub fn node_on_port(&self, port: u16) -> Option<&RabbitNode> {
+        self.nodes.iter().find(|node| node.port() == port)
+    }
+
+    /// The node named `name`.
+    pub fn node_named(&self, name: &str) -> Option<&RabbitNode> {
+        self.nodes.iter().find(|node| node.name() == name)
+    }
+
+    /// `rabbitmqctl <args>` on the first running node: a question any member can answer.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let node = self
+            .nodes
+            .iter()
+            .find(|node| node.running.load(Ordering::SeqCst))
+            .expect("a node of the cluster runs");
+        node.ctl(args)
+    }
+}
+
+impl Drop for RabbitCluster {
+    fn drop(&mut self) {
+        std::thread::scope(|scope| {
+            for node in &self.nodes {
+                scope.spawn(|| node.stop());
+            }
+        });
     }
 }
 

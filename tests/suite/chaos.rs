@@ -40,7 +40,7 @@ use crate::{
 const MESSAGES: u64 = 50_000;
 const PER_SECOND: u64 = 2_000;
 /// Runs of a failing handler per delivery: the first and `PIPEFORCE_MESSAGING_MAX_RETRIES` (3).
-const RUNS_PER_DELIVERY: usize = 4;
+pub(crate) const RUNS_PER_DELIVERY: usize = 4;
 
 /// The most duplicate handler runs one forced close of a replica's connections may cause: the
 /// deliveries handled but not yet acked when it happens. A whole prefetch window (200) means
@@ -70,8 +70,8 @@ enum Breakage {
     RestartReplica,
 }
 
-/// One chaos run at a time: two at once would only measure how the machine copes.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One chaos or cluster run at a time: two at once would only measure how the machine copes.
+pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_classic_queue_nothing_is_lost_under_fire() {
@@ -84,13 +84,13 @@ async fn on_a_quorum_queue_nothing_is_lost_under_fire() {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Handled,
     Undecodable,
     FailsForGood,
 }
 
-fn kind(id: u64) -> Kind {
+pub(crate) fn kind(id: u64) -> Kind {
     match id % 100 {
         37 => Kind::Undecodable,
         71 => Kind::FailsForGood,
@@ -98,7 +98,7 @@ fn kind(id: u64) -> Kind {
     }
 }
 
-fn body(id: u64) -> Vec<u8> {
+pub(crate) fn body(id: u64) -> Vec<u8> {
     match kind(id) {
         Kind::Handled => format!(r#"{{"id":{id}}}"#),
         Kind::Undecodable => format!(r#"{{"id":{id},"#),
@@ -107,7 +107,7 @@ fn body(id: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn now_micros() -> u128 {
+pub(crate) fn now_micros() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -6,6 +6,7 @@
 
 mod api_docs;
 mod chaos;
+mod cluster;
 mod exposure;
 mod fuzz;
 mod hooks;
