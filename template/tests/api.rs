@@ -232,7 +232,8 @@ async fn the_asyncapi_document_lists_every_handler_and_declared_publish() {
     assert_eq!(
         actions,
         [
-            ("HelloService.greeting", "receive"),
+            ("GreetingService.greeting", "receive"),
+            ("HelloService.hello", "receive"),
             ("HelloService.webhook", "receive"),
             (published.as_str(), "send"),
         ]
