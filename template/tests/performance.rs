@@ -7,14 +7,12 @@ use std::time::{Duration, Instant};
 
 use pipeforce::testing::TestBroker;
 
-use {{crate_name}}::service::{self, Greeting};
-
-const GREETING: &str = concat!(env!("CARGO_PKG_NAME"), ".greeting");
+use {{crate_name}}::service::{self, GREETING_KEY, Greeting};
 
 /// How many greetings go through: enough for a stable rate, little enough for a debug build.
 const GREETINGS: usize = 20_000;
 
-/// The rate at which `HelloService::greeting` answers requests, through the same matching,
+/// The rate at which `GreetingService::greeting` answers requests, through the same matching,
 /// decoding, handler and reply encoding the service runs, without a broker: the cost of the
 /// service's own code per message, one message at a time.
 #[tokio::test]
@@ -31,7 +29,7 @@ async fn test_performance_greeting_throughput() {
     let started = Instant::now();
     for _ in 0..GREETINGS {
         let sent = Instant::now();
-        let delivered = broker.request_json(GREETING, &greeting).await;
+        let delivered = broker.request_json(GREETING_KEY, &greeting).await;
         latencies.push(sent.elapsed());
         last_reply = delivered.replies().pop();
     }

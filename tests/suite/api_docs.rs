@@ -73,12 +73,13 @@ async fn the_asyncapi_document_is_valid_and_lists_exactly_the_registered_handler
     assert_eq!(
         operations(&document),
         pairs(&[
-            ("HelloService.greeting", "receive"),
+            ("GreetingService.greeting", "receive"),
+            ("HelloService.hello", "receive"),
             ("HelloService.webhook", "receive"),
             ("publish.orders.greeting", "send"),
         ])
     );
-    let greeting = &document["channels"]["HelloService.greeting"];
+    let greeting = &document["channels"]["GreetingService.greeting"];
     assert_eq!(greeting["address"], "orders.greeting");
     assert_eq!(
         greeting["bindings"]["amqp"]["exchange"]["name"],
@@ -107,7 +108,8 @@ async fn a_second_service_shows_up_in_the_asyncapi_document() {
         "ProbeService.panics",
         "ProbeService.relay",
         "ProbeService.hub_call",
-        "HelloService.greeting",
+        "GreetingService.greeting",
+        "HelloService.webhook",
     ] {
         assert!(
             ids.contains(&(handler.to_owned(), "receive".to_owned())),

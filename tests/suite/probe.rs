@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::LazyLock,
     time::{Duration, Instant},
 };
@@ -21,31 +21,49 @@ pub static PROBE_SERVICE: LazyLock<(Rendered, PathBuf)> = LazyLock::new(|| {
     let rendered = Render::new("courier")
         .run()
         .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
-    std::fs::copy(
-        repo_root().join("tests/fixtures/probe.rs"),
-        rendered.dir.join("src/service/probe.rs"),
-    )
-    .unwrap();
-    let registry = rendered.dir.join("src/service/mod.rs");
-    let original = std::fs::read_to_string(&registry).unwrap();
-    let registration = ".publishes::<Greeting>(GREETING_KEY);\n";
-    assert!(
-        original.contains("mod hello;") && original.contains(registration),
-        "src/service/mod.rs changed shape; update this test:\n{original}"
+    add_service_module(
+        &rendered.dir,
+        "probe",
+        &repo_root().join("tests/fixtures/probe.rs"),
     );
-    let patched = original
-        .replace("mod hello;", "mod hello;\nmod probe;")
-        .replace(
-            registration,
-            &format!("{registration}    services.add(probe::ProbeService::new(services.hub()));\n"),
-        );
-    std::fs::write(&registry, patched).unwrap();
     rendered
         .cargo(&["build", "--locked"])
         .assert_success("cargo build of the probe render");
     let binary = rendered.debug_binary();
     (rendered, binary)
 });
+
+/// Adds the service module `name` (its source at `source`) to the rendered project at
+/// `project` the way the rendered `src/service/mod.rs` documents: the file, the module's
+/// declaration, and a call of its `register` in the process's `register`. Nothing of the
+/// example services is touched.
+fn add_service_module(project: &Path, name: &str, source: &Path) {
+    let services = project.join("src/service");
+    std::fs::copy(source, services.join(format!("{name}.rs"))).unwrap();
+    let registry = services.join("mod.rs");
+    let original = std::fs::read_to_string(&registry).unwrap();
+    let extension_point = "pub fn register(services: &mut Services) {\n";
+    assert_eq!(
+        original.matches(extension_point).count(),
+        1,
+        "src/service/mod.rs has no single `{}`, the documented place to add a service; \
+         update this test:\n{original}",
+        extension_point.trim_end()
+    );
+    let registered = original.replace(
+        extension_point,
+        &format!("{extension_point}    {name}::register(services);\n"),
+    );
+    // Declared after the other service modules.
+    let mut lines: Vec<&str> = registered.lines().collect();
+    let last_module = lines
+        .iter()
+        .rposition(|line| line.starts_with("mod ") && line.ends_with(';'))
+        .expect("src/service/mod.rs declares its service modules with `mod <name>;`");
+    let declaration = format!("mod {name};");
+    lines.insert(last_module + 1, &declaration);
+    std::fs::write(&registry, lines.join("\n") + "\n").unwrap();
+}
 
 /// The lines the probe handlers recorded.
 pub struct ProbeLog {

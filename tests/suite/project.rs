@@ -45,6 +45,40 @@ fn the_rendered_project_passes_its_own_tests() {
     );
 }
 
+/// The first example a newcomer reads is the README's "Write a service" snippet, and it is the
+/// file that compiles (the project's own tests build it): the two cannot drift apart.
+#[test]
+fn the_first_example_is_the_readme_snippet_and_reads_in_a_minute() {
+    let readme = DEFAULT_RENDER.read("README.md");
+    let hello = DEFAULT_RENDER.read("src/service/hello.rs");
+
+    let snippet = first_rust_block_of_section(&readme, "## Write a service");
+
+    assert_eq!(
+        snippet, hello,
+        "the README's \"Write a service\" snippet and src/service/hello.rs differ"
+    );
+    let lines = hello.lines().count();
+    assert!(
+        lines <= 40,
+        "src/service/hello.rs has {lines} lines, more than 40"
+    );
+}
+
+/// The body of the first ```` ```rust ```` block after the heading `section` in `markdown`.
+fn first_rust_block_of_section(markdown: &str, section: &str) -> String {
+    let (_, after_heading) = markdown
+        .split_once(&format!("\n{section}\n"))
+        .unwrap_or_else(|| panic!("the README has no section {section:?}"));
+    let (_, block) = after_heading
+        .split_once("```rust\n")
+        .unwrap_or_else(|| panic!("{section:?} has no ```rust block"));
+    let (body, _) = block
+        .split_once("\n```\n")
+        .unwrap_or_else(|| panic!("the ```rust block of {section:?} is not closed"));
+    format!("{body}\n")
+}
+
 #[tokio::test]
 async fn the_service_starts_answers_liveness_and_stops_cleanly_on_sigterm() {
     let mut service = ServiceProcess::start(&DEFAULT_BINARY, NO_BROKER);

@@ -20,8 +20,8 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::{
-    Attribute, FnArg, ImplItem, ImplItemFn, ItemImpl, LitStr, Pat, ReturnType, Token, Type,
-    parse::Parser, punctuated::Punctuated, spanned::Spanned,
+    Attribute, Expr, ExprLit, FnArg, ImplItem, ImplItemFn, ItemImpl, Lit, Pat, ReturnType, Token,
+    Type, parse::Parser, punctuated::Punctuated, spanned::Spanned,
 };
 
 // The runtime's pattern rules, compiled in here so both sides agree on what is valid.
@@ -48,7 +48,9 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[event("orders.created", "orders.updated.#")]`.
 ///
 /// `*` matches exactly one word, `#` zero or more words. A malformed pattern is a compile
-/// error that names the pattern and the rule it breaks.
+/// error that names the pattern and the rule it breaks. A pattern may also be a `&str`
+/// constant (`#[event(ORDER_CREATED)]`), to write a routing key once for handling and
+/// publishing; a malformed constant stops the service when it registers, naming the handler.
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     match parse_patterns(args.into()) {
@@ -61,10 +63,12 @@ pub fn event(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// The string literals of an `#[event(...)]`, each a valid pattern.
-fn parse_patterns(args: TokenStream2) -> syn::Result<Vec<LitStr>> {
-    let literals = Punctuated::<LitStr, Token![,]>::parse_terminated.parse2(args.clone())?;
-    if literals.is_empty() {
+/// The patterns of an `#[event(...)]`: string literals, each checked here, or paths of `&str`
+/// constants (`#[event(ORDER_CREATED)]`, so a key is written once for handling and
+/// publishing), which `Handler::new` checks when the service is registered.
+fn parse_patterns(args: TokenStream2) -> syn::Result<Vec<Expr>> {
+    let patterns = Punctuated::<Expr, Token![,]>::parse_terminated.parse2(args.clone())?;
+    if patterns.is_empty() {
         return Err(syn::Error::new(
             if args.is_empty() {
                 Span::call_site()
@@ -74,16 +78,30 @@ fn parse_patterns(args: TokenStream2) -> syn::Result<Vec<LitStr>> {
             "#[event] needs at least one routing-key pattern, e.g. #[event(\"orders.*\")]",
         ));
     }
-    for literal in &literals {
-        let text = literal.value();
-        if let Err(error) = pattern::Pattern::parse(&text) {
-            return Err(syn::Error::new(
-                literal.span(),
-                format!("invalid routing-key pattern {text:?}: {error}"),
-            ));
+    for pattern in &patterns {
+        match pattern {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(literal),
+                ..
+            }) => {
+                let text = literal.value();
+                if let Err(error) = pattern::Pattern::parse(&text) {
+                    return Err(syn::Error::new(
+                        literal.span(),
+                        format!("invalid routing-key pattern {text:?}: {error}"),
+                    ));
+                }
+            }
+            Expr::Path(_) => {}
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    "a routing-key pattern is a string literal or the path of a `&str` constant",
+                ));
+            }
         }
     }
-    Ok(literals.into_iter().collect())
+    Ok(patterns.into_iter().collect())
 }
 
 fn is_event(attribute: &Attribute) -> bool {
@@ -227,7 +245,7 @@ fn parameters(method: &ImplItemFn) -> syn::Result<Parameters<'_>> {
 fn expand_handler(
     type_name: &str,
     method: &ImplItemFn,
-    patterns: &[LitStr],
+    patterns: &[Expr],
 ) -> syn::Result<TokenStream2> {
     let sig = &method.sig;
     if sig.asyncness.is_none() {

@@ -36,7 +36,9 @@ use warp::{
     reply::{self, Response},
 };
 
-pub use problem::{DEFAULT_BODY_LIMIT, Problem, json_body, json_body_with_limit};
+pub use problem::{
+    DEFAULT_BODY_LIMIT, JsonBodyProblems, Problem, PublishProblems, json_body, json_body_with_limit,
+};
 pub use server::HEADER_READ_TIMEOUT;
 pub(crate) use server::serve;
 

@@ -5,10 +5,13 @@
 //! A client mistake gets its 4xx status and a detail that says what to fix (for a body field,
 //! which one); only the service's own failures are 5xx.
 
-use std::convert::Infallible;
+use std::{collections::BTreeMap, convert::Infallible};
 
 use serde::{Serialize, de::DeserializeOwned};
-use utoipa::ToSchema;
+use utoipa::{
+    ToSchema,
+    openapi::{ContentBuilder, Ref, RefOr, Response as ApiResponse, ResponseBuilder},
+};
 use warp::{
     Filter, Rejection, Reply,
     http::{StatusCode, header::CONTENT_TYPE},
@@ -86,6 +89,59 @@ impl From<PublishError> for Problem {
         };
         Self::new(status, format!("cannot publish the message: {error}"))
     }
+}
+
+/// The problem responses [`json_body`] answers with (400, 411, 413, 415), for the
+/// `responses(...)` of an endpoint's `#[utoipa::path]`:
+/// `responses((status = 202, body = Order), JsonBodyProblems)`.
+pub struct JsonBodyProblems;
+
+impl utoipa::IntoResponses for JsonBodyProblems {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        problem_responses(&[
+            (
+                StatusCode::BAD_REQUEST,
+                "The body is malformed JSON or a field is invalid (`field` names it)",
+            ),
+            (
+                StatusCode::LENGTH_REQUIRED,
+                "The body has no Content-Length",
+            ),
+            (StatusCode::PAYLOAD_TOO_LARGE, "The body is too large"),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "The body is not JSON"),
+        ])
+    }
+}
+
+/// The problem response a failed publish becomes (503, see `From<PublishError> for
+/// Problem`), for the `responses(...)` of an endpoint that publishes.
+pub struct PublishProblems;
+
+impl utoipa::IntoResponses for PublishProblems {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        problem_responses(&[(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RabbitMQ did not take the message",
+        )])
+    }
+}
+
+/// Responses with a [`Problem`] body (`application/problem+json`), one per status.
+fn problem_responses(statuses: &[(StatusCode, &str)]) -> BTreeMap<String, RefOr<ApiResponse>> {
+    statuses
+        .iter()
+        .map(|(status, description)| {
+            // `Problem` is among the framework's documented schemas (see `docs.rs`).
+            let body = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(*description)
+                .content("application/problem+json", body)
+                .build();
+            (status.as_str().to_owned(), RefOr::T(response))
+        })
+        .collect()
 }
 
 impl Reply for Problem {
