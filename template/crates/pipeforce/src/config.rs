@@ -26,6 +26,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::names::{DNS_LABEL_RULE, is_dns_label};
+
 /// Prefix of every variable the service reads.
 pub const PREFIX: &str = "PIPEFORCE_";
 
@@ -357,14 +359,14 @@ impl Config {
             "PIPEFORCE_SERVICE",
             env.service,
             defaults.service.to_owned(),
-            DNS_LABEL,
+            DNS_LABEL_RULE,
             dns_label,
         );
         let namespace = check.parse_with(
             "PIPEFORCE_NAMESPACE",
             env.namespace,
             defaults.namespace.to_owned(),
-            DNS_LABEL,
+            DNS_LABEL_RULE,
             dns_label,
         );
         let stage = optional(env.stage);
@@ -750,19 +752,9 @@ fn telemetry_config(
     }
 }
 
-const DNS_LABEL: &str = "a DNS-1123 label: at most 63 lowercase letters, digits and '-', \
-     starting with a letter and ending with a letter or digit, e.g. orders";
-
 /// PIPEFORCE names services and namespaces by Kubernetes' rules, so anything else is a typo.
 fn dns_label(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let valid = (1..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1] != b'-'
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    valid.then(|| value.to_owned())
+    is_dns_label(value).then(|| value.to_owned())
 }
 
 fn boolean(value: &str) -> Option<bool> {
