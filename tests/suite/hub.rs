@@ -36,7 +36,7 @@ const TOKEN: &str = "suite-token-7f3a9c";
 struct HubProject {
     deploy: PathBuf,
     probe: PathBuf,
-    _rendered: Rendered,
+    rendered: Rendered,
 }
 
 static HUB_PROJECT: LazyLock<HubProject> = LazyLock::new(|| {
@@ -77,7 +77,7 @@ static HUB_PROJECT: LazyLock<HubProject> = LazyLock::new(|| {
     HubProject {
         deploy: deploy_target.join("debug/deploy"),
         probe,
-        _rendered: rendered,
+        rendered,
     }
 });
 
@@ -172,6 +172,22 @@ async fn calls_of(hub: &MockServer, command: &str) -> Vec<Request> {
 
 // ---------------------------------------------------------------------------------------------
 // deploy service
+
+/// The deploy tool is the framework's (`crates/pipeforce-deploy`): the project keeps only a
+/// main that names what it deploys, outside the user's `src/`.
+#[test]
+fn the_project_keeps_only_a_short_deploy_main_naming_its_image() {
+    let dir = &HUB_PROJECT.rendered.dir;
+    let main = std::fs::read_to_string(dir.join("deploy/src/main.rs")).expect("deploy's main");
+
+    assert!(main.lines().count() <= 15, "{main}");
+    assert!(main.contains(&format!("image: \"{IMAGE}\"")), "{main}");
+    assert!(main.contains(&format!("http_port: {HTTP_PORT}")), "{main}");
+    assert!(
+        !dir.join("src/bin").exists(),
+        "src/ holds only the user's code"
+    );
+}
 
 #[tokio::test]
 async fn deploy_service_starts_the_service_with_name_image_port_ingress_replicas_and_env() {

@@ -46,9 +46,6 @@ use pipeforce::{Config, Defaults, HubClient, HubError, hub::HubResponse, hub::Va
 
 use crate::cli::Command;
 
-/// Re-exported for tools of a project's own that talk to the hub the way `deploy` does.
-pub use pipeforce;
-
 /// What a project deploys. Its `deploy` binary names it once and hands it to [`main`].
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
@@ -104,11 +101,12 @@ pub fn main(target: Target) -> ExitCode {
     });
     result.unwrap_or_else(|error| {
         eprintln!("error: {error}");
-        if let Some(hint) = match &error {
+        let advice = match &error {
             Error::Hub(error) => hint(error, &config),
             Error::JobTimedOut { .. } => None,
-        } {
-            eprintln!("hint: {hint}");
+        };
+        if let Some(advice) = advice {
+            eprintln!("hint: {advice}");
         }
         ExitCode::FAILURE
     })
@@ -141,7 +139,7 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
 }
 
 /// Plain text logs on stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() -> Result<(), String> {
+fn init_logging() -> Result<(), String> {
     use std::io::IsTerminal;
 
     let filter = match std::env::var("RUST_LOG") {
