@@ -4,18 +4,20 @@
 //! server that follows the contract of `PIPEFORCE.md` and checks each call (method, path,
 //! `Authorization`, `Content-Type`, body). One render (`hubsvc`, own registry and port) is
 //! built once with its `deploy` binary and a probe example that this file adds to it
-//! ([`PROBE`]), which drives the parts of `pipeforce::hub` that `deploy` does not use. Both run
-//! as processes, like a user runs them.
+//! (`tests/fixtures/hub_probe.rs`), which drives the parts of `pipeforce::hub` that `deploy`
+//! does not use. Both run as processes, like a user runs them.
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
     sync::LazyLock,
     time::Duration,
 };
 
 use serde_json::{Value, json};
-use template_tests::{Output, Render, Rendered, free_port, is_dns_label, shared_target_dir};
+use template_tests::{
+    Output, Render, Rendered, free_port, is_dns_label, repo_root, run, shared_target_dir,
+};
 use wiremock::{
     Mock, MockServer, Request, ResponseTemplate,
     matchers::{body_json, body_partial_json, body_string, header, method, path, query_param},
@@ -30,111 +32,11 @@ const HTTP_PORT: u16 = 9091;
 /// The credentials most tests use.
 const TOKEN: &str = "suite-token-7f3a9c";
 
-/// An example program added to the render: calls `pipeforce::hub::HubClient` as its
-/// arguments say, prints the answer (`status=`, `content-type=`, `body=`) or `error: ...`.
-const PROBE: &str = r#"//! Calls the hub client as the command line says, for the template's suite:
-//! `hub_probe [--retries N] [--retry-delay-ms MS] OPERATION ARGS...`.
-
-use std::{process::ExitCode, time::Duration};
-
-use pipeforce::{
-    Config, HubClient, HubError,
-    hub::{HubResponse, Pipeline, Value},
-    telemetry,
-};
-
-use hubsvc::DEFAULTS;
-
-/// The typed answer `typed` decodes.
-#[derive(Debug, serde::Deserialize)]
-#[allow(dead_code)]
-struct Answer {
-    id: u64,
-    ok: bool,
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let config = match Config::from_env(DEFAULTS) {
-        Ok(config) => config,
-        Err(error) => return fail(error),
-    };
-    let _telemetry = match telemetry::init(&config) {
-        Ok(telemetry) => telemetry,
-        Err(error) => return fail(error),
-    };
-    let mut client = match HubClient::new(&config.hub) {
-        Ok(client) => client,
-        Err(error) => return fail(error),
-    };
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    while args.len() >= 2 && args[0].starts_with("--") {
-        let (flag, value) = (args.remove(0), args.remove(0));
-        let number: u32 = value.parse().unwrap_or(0);
-        client = match flag.as_str() {
-            "--retries" => client.with_retries(number),
-            "--retry-delay-ms" => client.with_retry_delay(Duration::from_millis(number.into())),
-            _ => return fail(format!("unknown option {flag}")),
-        };
-    }
-    let json = |text: &str| text.parse::<Value>().unwrap_or(Value::Null);
-    let arg = |index: usize| args.get(index).cloned().unwrap_or_default();
-    let result: Result<String, HubError> = match arg(0).as_str() {
-        "debug" => Ok(format!("{client:?}")),
-        "yaml" => client.run_pipeline_yaml(&arg(1)).await.map(shown),
-        "pipeline" => {
-            let mut pipeline = Pipeline::new();
-            for step in args[1..].chunks(2) {
-                let params = json(step.get(1).map_or("{}", String::as_str));
-                pipeline = pipeline.command(&step[0], params);
-            }
-            client.run_pipeline(&pipeline).await.map(shown)
-        }
-        "command" => client.run_command(&arg(1), &json(&arg(2))).await.map(shown),
-        "typed" => client
-            .run_command(&arg(1), &json(&arg(2)))
-            .await
-            .and_then(|answer| answer.json::<Answer>())
-            .map(|answer| format!("{answer:?}")),
-        "get" => {
-            let query: Vec<(String, String)> = args[2..]
-                .iter()
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .collect();
-            client.get_command(&arg(1), &query).await.map(shown)
-        }
-        other => return fail(format!("unknown operation {other:?}")),
-    };
-    match result {
-        Ok(output) => {
-            println!("{output}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => fail(error),
-    }
-}
-
-fn shown(answer: HubResponse) -> String {
-    format!(
-        "status={}\ncontent-type={}\nbody={}",
-        answer.status().as_u16(),
-        answer.content_type().unwrap_or("-"),
-        answer.text()
-    )
-}
-
-fn fail(error: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {error}");
-    ExitCode::FAILURE
-}
-"#;
-
 /// The render, and its `deploy` and probe binaries, built once.
 struct HubProject {
     deploy: PathBuf,
     probe: PathBuf,
-    _rendered: Rendered,
+    rendered: Rendered,
 }
 
 static HUB_PROJECT: LazyLock<HubProject> = LazyLock::new(|| {
@@ -143,49 +45,39 @@ static HUB_PROJECT: LazyLock<HubProject> = LazyLock::new(|| {
         .define("http_port", &HTTP_PORT.to_string())
         .run()
         .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
-    std::fs::write(rendered.dir.join("examples/hub_probe.rs"), PROBE).unwrap();
 
-    // Every render's `deploy` lands on the same path of the shared target dir, and the other
-    // renders of the suite build theirs at the same time: keep a link to this one's (in a
-    // folder of the target dir, replaced by the next run), checked by what it says it
-    // deploys, and build again if another build replaced it meanwhile.
-    let bins = shared_target_dir().join("hub-suite");
-    std::fs::create_dir_all(&bins).unwrap();
-    let built = |relative: &str| shared_target_dir().join("debug").join(relative);
-    let (deploy, probe) = (bins.join("deploy"), bins.join("hub_probe"));
-    for attempt in 1.. {
-        rendered
-            .cargo(&[
-                "build",
-                "--locked",
-                "--bin",
-                "deploy",
-                "--example",
-                "hub_probe",
-            ])
-            .assert_success("cargo build of deploy and hub_probe");
-        for (from, to) in [
-            (built("deploy"), &deploy),
-            (built("examples/hub_probe"), &probe),
-        ] {
-            let _ = std::fs::remove_file(to);
-            std::fs::hard_link(&from, to)
-                .or_else(|_| std::fs::copy(&from, to).map(|_| ()))
-                .unwrap_or_else(|e| panic!("keep {}: {e}", from.display()));
-        }
-        let help = std::process::Command::new(&deploy)
-            .arg("--help")
-            .output()
-            .expect("deploy --help runs");
-        if String::from_utf8_lossy(&help.stdout).contains(IMAGE) {
-            break;
-        }
-        assert!(attempt < 5, "another render's deploy kept replacing ours");
-    }
+    // The probe is an example of the service, a name no other render builds, so it can stay
+    // in the shared target dir (`examples/` is where a project keeps such programs).
+    std::fs::copy(
+        repo_root().join("tests/fixtures/hub_probe.rs"),
+        rendered.dir.join("examples/hub_probe.rs"),
+    )
+    .expect("copy the hub probe into the render");
+    rendered
+        .cargo(&["build", "--locked", "--example", "hub_probe"])
+        .assert_success("cargo build of the hub probe");
+    let probe = shared_target_dir().join("debug/examples/hub_probe");
+
+    // Every render has a `deploy` binary, and all of them would land on one path of the shared
+    // target dir: this one gets a target dir of its own. The deploy package builds only the
+    // hub client, so that costs little.
+    let deploy_target = shared_target_dir().join("hub-deploy");
+    run(Command::new("cargo")
+        .current_dir(&rendered.dir)
+        .env("CARGO_TARGET_DIR", &deploy_target)
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "hubsvc-deploy",
+            "--bin",
+            "deploy",
+        ]))
+    .assert_success("cargo build of deploy");
     HubProject {
-        deploy,
+        deploy: deploy_target.join("debug/deploy"),
         probe,
-        _rendered: rendered,
+        rendered,
     }
 });
 
@@ -280,6 +172,22 @@ async fn calls_of(hub: &MockServer, command: &str) -> Vec<Request> {
 
 // ---------------------------------------------------------------------------------------------
 // deploy service
+
+/// The deploy tool is the framework's (`crates/pipeforce-deploy`): the project keeps only a
+/// main that names what it deploys, outside the user's `src/`.
+#[test]
+fn the_project_keeps_only_a_short_deploy_main_naming_its_image() {
+    let dir = &HUB_PROJECT.rendered.dir;
+    let main = std::fs::read_to_string(dir.join("deploy/src/main.rs")).expect("deploy's main");
+
+    assert!(main.lines().count() <= 15, "{main}");
+    assert!(main.contains(&format!("image: \"{IMAGE}\"")), "{main}");
+    assert!(main.contains(&format!("http_port: {HTTP_PORT}")), "{main}");
+    assert!(
+        !dir.join("src/bin").exists(),
+        "src/ holds only the user's code"
+    );
+}
 
 #[tokio::test]
 async fn deploy_service_starts_the_service_with_name_image_port_ingress_replicas_and_env() {
@@ -1024,19 +932,25 @@ async fn a_hub_url_that_is_not_http_stops_deploy_naming_the_variable() {
 }
 
 #[tokio::test]
-async fn a_wrong_command_line_exits_with_2_and_the_usage() {
+async fn a_wrong_command_line_exits_with_2_and_says_what_is_wrong() {
     let hub = MockServer::start().await;
     for (args, expected) in [
-        (&[][..], "say what to deploy"),
-        (&["ship"][..], "unknown command \"ship\""),
-        (&["job", "--wait"][..], "needs --command"),
-        (&["service", "--replicas", "two"][..], "--replicas expects"),
+        (&[][..], "Commands:"),
+        (&["ship"][..], "unrecognized subcommand 'ship'"),
+        (
+            &["job", "--wait"][..],
+            "required arguments were not provided",
+        ),
+        (
+            &["service", "--replicas", "two"][..],
+            "invalid value 'two' for '--replicas <N>'",
+        ),
     ] {
         let output = Run::deploy(&hub.uri()).args(args).await;
 
         assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
         assert!(output.stderr.contains(expected), "{args:?}: {output:?}");
-        assert!(output.stderr.contains("Usage:"), "{args:?}: {output:?}");
+        assert!(output.stderr.contains("--help"), "{args:?}: {output:?}");
     }
     let help = Run::deploy(&hub.uri()).args(&["--help"]).await;
     help.assert_success("deploy --help");

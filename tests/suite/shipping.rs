@@ -472,10 +472,13 @@ fn the_github_workflow_passes_actionlint_and_runs_every_stage() {
         .find(|step| {
             step["run"]
                 .as_str()
-                .is_some_and(|run| run.contains("--bin deploy"))
+                .is_some_and(|run| run.contains("deploy/Cargo.toml"))
         })
         .expect("a deploy step");
-    assert_eq!(deploy["run"], "cargo run --locked --bin deploy -- service");
+    assert_eq!(
+        deploy["run"],
+        "cargo run --locked --manifest-path deploy/Cargo.toml -- service"
+    );
     assert_eq!(
         deploy["env"]["PIPEFORCE_SECRET"],
         "${{ secrets.PIPEFORCE_SECRET }}"
@@ -517,7 +520,7 @@ fn the_gitlab_file_parses_with_the_same_stages() {
         (
             "deploy",
             "deploy",
-            "cargo run --locked --bin deploy -- service",
+            "cargo run --locked --manifest-path deploy/Cargo.toml -- service",
         ),
     ] {
         assert_eq!(pipeline[job]["stage"], stage, "{job}");

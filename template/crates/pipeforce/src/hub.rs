@@ -42,10 +42,7 @@ use serde::{Serialize, Serializer, de::DeserializeOwned, ser::Error as _};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 use url::Url;
 
-use crate::{
-    config::{HubAuth, HubConfig, masked_url},
-    telemetry,
-};
+use crate::config::{HubAuth, HubConfig, masked_url};
 
 /// Re-exported so that a service can build command parameters (`json!({...})`) and read
 /// untyped answers ([`Value`]) without a dependency on `serde_json` of its own.
@@ -470,8 +467,8 @@ impl HubClient {
     /// errors and logs (`POST /api/v3/pipeline`).
     ///
     /// Every hub call goes through here, in a client span (`otel.kind = client`) whose trace
-    /// context goes out in the request's `traceparent` header, so the hub's side of the call
-    /// joins the caller's trace.
+    /// context goes out in the request's `traceparent` header (with the `service` feature), so
+    /// the hub's side of the call joins the caller's trace.
     async fn send(
         &self,
         call: String,
@@ -529,7 +526,7 @@ impl HubClient {
                 });
             }
         };
-        telemetry::inject_into_http_headers(request.headers_mut());
+        inject_trace_context(&mut request);
         // A GET only reads: repeating it after a gateway error cannot do anything twice.
         let idempotent = request.method() == Method::GET;
 
@@ -645,6 +642,16 @@ impl HubClient {
             }
         }
     }
+}
+
+/// Puts the current trace context into the request's `traceparent` header, so the hub's side
+/// of the call joins the caller's trace. Without the `service` feature there is no
+/// OpenTelemetry, so there is no context to carry.
+fn inject_trace_context(request: &mut Request) {
+    #[cfg(feature = "service")]
+    crate::telemetry::inject_into_http_headers(request.headers_mut());
+    #[cfg(not(feature = "service"))]
+    let _ = request;
 }
 
 /// `POST /api/v3/pipeline`: how errors and logs name a call (no query: it may hold values).

@@ -11,6 +11,7 @@
 //!   [`Problem`](http::Problem) responses and JSON bodies.
 //! - [`health`]: [`Readiness`](health::Readiness), the conditions `/health/ready` reports.
 //! - [`hub`]: [`HubClient`], which runs pipelines and commands on the PIPEFORCE hub.
+//! - [`names`]: the DNS-label rule PIPEFORCE's names follow (services, namespaces, jobs).
 //! - [`messaging`]: `#[service]`/`#[event]` handlers, the consumer and the [`Publisher`].
 //! - [`services`]: [`Services`], where the service crate registers its services.
 //! - [`testing`]: [`TestBroker`](testing::TestBroker), handlers tested without a broker.
@@ -18,24 +19,43 @@
 //! - [`telemetry`]: logs (`tracing`, filtered by `RUST_LOG`), traces (OpenTelemetry, OTLP) and
 //!   Prometheus metrics.
 //! - [`error`]: [`Error`], what can stop the service from starting or running.
+//!
+//! Without the default feature `service`, only [`config`], [`hub`] and [`names`] are built:
+//! what a tool that talks to the hub needs (the deploy tool is one), without the broker
+//! client, the HTTP server and OpenTelemetry.
 
-pub mod app;
 pub mod config;
-pub mod error;
-pub mod health;
-pub mod http;
 pub mod hub;
+pub mod names;
+
+#[cfg(feature = "service")]
+pub mod app;
+#[cfg(feature = "service")]
+pub mod error;
+#[cfg(feature = "service")]
+pub mod health;
+#[cfg(feature = "service")]
+pub mod http;
+#[cfg(feature = "service")]
 pub mod messaging;
+#[cfg(feature = "service")]
 pub mod services;
+#[cfg(feature = "service")]
 pub mod shutdown;
+#[cfg(feature = "service")]
 pub mod telemetry;
+#[cfg(feature = "service")]
 pub mod testing;
 
-pub use app::App;
 pub use config::{Config, Defaults};
-pub use error::Error;
 pub use hub::{HubClient, HubError};
-pub use messaging::{Context, HandlerError, Publisher, event, service};
-pub use services::Services;
 /// Re-exported so services build their HTTP routes with the framework's warp.
+#[cfg(feature = "service")]
 pub use warp;
+#[cfg(feature = "service")]
+pub use {
+    app::App,
+    error::Error,
+    messaging::{Context, HandlerError, Publisher, event, service},
+    services::Services,
+};

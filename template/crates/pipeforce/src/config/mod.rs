@@ -38,13 +38,15 @@ use std::{ffi::OsStr, fmt, time::Duration};
 
 use url::Url;
 
+use crate::names::{DNS_LABEL_RULE, is_dns_label};
+
 use self::read::{Checker, Environment, variables};
 pub use self::{
     http::HttpConfig,
     hub::{HubAuth, HubConfig},
     mask::{masked, masked_url},
     messaging::{BrokerAddress, MessagingConfig, QueueType},
-    telemetry::{LogFormat, OtlpExport, TelemetryConfig},
+    telemetry::{LogFormat, OtlpExport, OtlpProtocol, TelemetryConfig},
 };
 
 /// Values chosen when the project was generated, used where the environment says nothing.
@@ -126,13 +128,13 @@ impl Config {
         let service = check.parse_with(
             &vars.service,
             defaults.service.to_owned(),
-            DNS_LABEL,
+            DNS_LABEL_RULE,
             dns_label,
         );
         let namespace = check.parse_with(
             &vars.namespace,
             defaults.namespace.to_owned(),
-            DNS_LABEL,
+            DNS_LABEL_RULE,
             dns_label,
         );
         let portal_url = check.http_url(&vars.portal_url);
@@ -157,19 +159,9 @@ impl Config {
     }
 }
 
-const DNS_LABEL: &str = "a DNS-1123 label: at most 63 lowercase letters, digits and '-', \
-     starting with a letter and ending with a letter or digit, e.g. orders";
-
 /// PIPEFORCE names services and namespaces by Kubernetes' rules, so anything else is a typo.
 fn dns_label(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let valid = (1..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1] != b'-'
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    valid.then(|| value.to_owned())
+    is_dns_label(value).then(|| value.to_owned())
 }
 
 /// The effective configuration on one line, for the start-up log: each concern writes its

@@ -8,7 +8,6 @@
 
 use std::fmt;
 
-use opentelemetry_otlp::Protocol;
 use tracing_subscriber::EnvFilter;
 
 use super::{
@@ -52,15 +51,27 @@ pub struct OtlpExport {
     /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc`,
     /// `http/protobuf` (the default) or `http/json`. It picks the exporter's transport, so it
     /// is read here rather than left to the exporter.
-    pub protocol: Protocol,
+    pub protocol: OtlpProtocol,
+}
+
+/// OTLP's transports. The configuration names them without the exporter crate, which only a
+/// running service links (the deploy tool reads the same configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `grpc`
+    Grpc,
+    /// `http/protobuf`
+    HttpBinary,
+    /// `http/json`
+    HttpJson,
 }
 
 /// The protocols by their names in the OTLP variables. The exporter's own default differs
 /// from the specification's `http/protobuf` when JSON is compiled in, so it is always set.
-const PROTOCOLS: [(&str, Protocol); 3] = [
-    ("grpc", Protocol::Grpc),
-    ("http/protobuf", Protocol::HttpBinary),
-    ("http/json", Protocol::HttpJson),
+const PROTOCOLS: [(&str, OtlpProtocol); 3] = [
+    ("grpc", OtlpProtocol::Grpc),
+    ("http/protobuf", OtlpProtocol::HttpBinary),
+    ("http/json", OtlpProtocol::HttpJson),
 ];
 
 /// The samplers `OTEL_TRACES_SAMPLER` may name, and whether each takes a ratio.
@@ -139,7 +150,7 @@ fn otlp_export(vars: &Vars, check: &mut Checker) -> Option<OtlpExport> {
     };
     let protocol = check
         .optional_choice(protocol, &PROTOCOLS)
-        .unwrap_or(Protocol::HttpBinary);
+        .unwrap_or(OtlpProtocol::HttpBinary);
     let disabled = vars
         .otel_sdk_disabled
         .optional()
@@ -155,7 +166,7 @@ fn otlp_export(vars: &Vars, check: &mut Checker) -> Option<OtlpExport> {
     };
     let url = check.http_url(endpoint)?;
     let mut endpoint = url.as_str().trim_end_matches('/').to_owned();
-    if generic && protocol != Protocol::Grpc {
+    if generic && protocol != OtlpProtocol::Grpc {
         endpoint.push_str("/v1/traces");
     }
     Some(OtlpExport { endpoint, protocol })
@@ -178,7 +189,7 @@ fn check_sampler(vars: &Vars, check: &mut Checker) {
 }
 
 /// The name of `protocol` in the OTLP variables.
-fn protocol_name(protocol: Protocol) -> &'static str {
+fn protocol_name(protocol: OtlpProtocol) -> &'static str {
     PROTOCOLS
         .iter()
         .find(|(_, known)| *known == protocol)
@@ -216,9 +227,7 @@ impl fmt::Debug for OtlpExport {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_otlp::Protocol;
-
-    use super::{LogFormat, OtlpExport};
+    use super::{LogFormat, OtlpExport, OtlpProtocol};
     use crate::config::test_support::{config, problem_variables};
 
     #[test]
@@ -233,7 +242,7 @@ mod tests {
             parsed.telemetry.otlp,
             Some(OtlpExport {
                 endpoint: "http://jaeger:4318/v1/traces".to_owned(),
-                protocol: Protocol::HttpBinary,
+                protocol: OtlpProtocol::HttpBinary,
             })
         );
 
@@ -248,7 +257,7 @@ mod tests {
         .unwrap();
         let otlp = parsed.telemetry.otlp.unwrap();
         assert_eq!(otlp.endpoint, "http://jaeger:4317");
-        assert_eq!(otlp.protocol, Protocol::Grpc);
+        assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
         assert_eq!(parsed.telemetry.service_name, "orders-blue");
         assert_eq!(
             parsed.telemetry.log_format,
@@ -279,7 +288,7 @@ mod tests {
             "{parsed}"
         );
         let otlp = parsed.telemetry.otlp.unwrap();
-        assert_eq!(otlp.protocol, Protocol::HttpJson);
+        assert_eq!(otlp.protocol, OtlpProtocol::HttpJson);
         assert_eq!(otlp.endpoint, "http://jaeger:4318/v1/traces");
 
         let error = config(&[

@@ -13,7 +13,7 @@ use std::{
 };
 
 use opentelemetry::{KeyValue, trace::TracerProvider as _};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -28,7 +28,7 @@ use tracing_subscriber::{
 
 use crate::{
     Config, Error,
-    config::{OtlpExport, masked},
+    config::{OtlpExport, OtlpProtocol, masked},
 };
 
 /// Log targets that stay out of traces: the exporter's own HTTP/gRPC stack (exporting its own
@@ -104,12 +104,17 @@ fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, 
     };
     match otlp.protocol {
         // tonic needs the Tokio runtime this runs in.
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(&otlp.endpoint)
             .build()
             .map_err(exporter_error),
         protocol => {
+            let protocol = if protocol == OtlpProtocol::HttpJson {
+                opentelemetry_otlp::Protocol::HttpJson
+            } else {
+                opentelemetry_otlp::Protocol::HttpBinary
+            };
             let endpoint = otlp.endpoint.clone();
             // The HTTP exporter runs a blocking client on the batch thread, and a blocking
             // client must not be created on a Tokio worker: build it on a thread of its own.
