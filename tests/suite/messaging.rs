@@ -11,9 +11,10 @@ use serde_json::json;
 use template_tests::{
     Render,
     amqp::{close_connections_named, total_messages},
+    repo_root,
 };
 
-use crate::probe::Scenario;
+use crate::probe::{Scenario, add_service_module};
 
 #[tokio::test]
 async fn a_message_is_acked_only_after_its_handler_succeeded() {
@@ -304,14 +305,11 @@ fn a_malformed_pattern_is_a_compile_error_naming_the_pattern_and_the_rule() {
     let rendered = Render::new("broken")
         .run()
         .unwrap_or_else(|failure| panic!("render failed:\n{}", failure.output));
-    let hello = rendered.dir.join("src/service/hello.rs");
-    let source = std::fs::read_to_string(&hello).unwrap();
-    let broken = source.replace(
-        "#[event(\"pipeforce.webhook.foo.*\")]",
-        "#[event(\"pipeforce..webhook\", \"pipeforce.web*\")]",
+    add_service_module(
+        &rendered.dir,
+        "malformed",
+        &repo_root().join("tests/fixtures/malformed_pattern.rs"),
     );
-    assert_ne!(source, broken, "hello.rs changed shape; update this test");
-    std::fs::write(&hello, broken).unwrap();
 
     let output = rendered.cargo(&["check", "--locked", "--message-format", "short"]);
 
@@ -321,7 +319,7 @@ fn a_malformed_pattern_is_a_compile_error_naming_the_pattern_and_the_rule() {
         errors.contains(r#"invalid routing-key pattern "pipeforce..webhook": words are separated by single dots"#),
         "{errors}"
     );
-    assert!(errors.contains("src/service/hello.rs"), "{errors}");
+    assert!(errors.contains("src/service/malformed.rs"), "{errors}");
 }
 
 #[tokio::test]

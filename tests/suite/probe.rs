@@ -37,7 +37,7 @@ pub static PROBE_SERVICE: LazyLock<(Rendered, PathBuf)> = LazyLock::new(|| {
 /// `project` the way the rendered `src/service/mod.rs` documents: the file, the module's
 /// declaration, and a call of its `register` in the process's `register`. Nothing of the
 /// example services is touched.
-fn add_service_module(project: &Path, name: &str, source: &Path) {
+pub(crate) fn add_service_module(project: &Path, name: &str, source: &Path) {
     let services = project.join("src/service");
     std::fs::copy(source, services.join(format!("{name}.rs"))).unwrap();
     let registry = services.join("mod.rs");
