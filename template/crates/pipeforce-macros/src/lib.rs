@@ -20,8 +20,8 @@ use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::{
-    Attribute, Expr, ExprLit, FnArg, ImplItem, ImplItemFn, ItemImpl, Lit, Pat, ReturnType, Token,
-    Type, parse::Parser, punctuated::Punctuated, spanned::Spanned,
+    Attribute, Expr, ExprLit, FnArg, ImplItem, ImplItemFn, ItemImpl, Lit, Pat, ReturnType,
+    Signature, Token, Type, parse::Parser, punctuated::Punctuated, spanned::Spanned,
 };
 
 // The runtime's pattern rules, compiled in here so both sides agree on what is valid.
@@ -242,12 +242,8 @@ fn parameters(method: &ImplItemFn) -> syn::Result<Parameters<'_>> {
     Ok(parameters)
 }
 
-fn expand_handler(
-    type_name: &str,
-    method: &ImplItemFn,
-    patterns: &[Expr],
-) -> syn::Result<TokenStream2> {
-    let sig = &method.sig;
+/// What `#[event]` requires of a handler's signature beyond its parameters.
+fn check_signature(sig: &Signature) -> syn::Result<()> {
     if sig.asyncness.is_none() {
         return Err(syn::Error::new(
             sig.fn_token.span(),
@@ -260,27 +256,24 @@ fn expand_handler(
             "an #[event] handler cannot be generic",
         ));
     }
-    let Parameters { body, context } = parameters(method)?;
-    let method_name = &sig.ident;
-    let handler_name = format!("{type_name}::{method_name}");
-    let span = sig.ident.span();
+    Ok(())
+}
 
-    let decode = body.map(|ty| {
-        quote_spanned! {ty.span()=>
-            let body: #ty = (&&::pipeforce::messaging::__private::Decode::<#ty>::new())
-                .decode(context.body())?;
-        }
-    });
+/// The handler future's body: calls the method with the decoded body and the context it
+/// takes, and encodes what it returns as the reply when someone waits for one.
+fn call_and_reply(sig: &Signature, takes_body: bool, takes_context: bool) -> TokenStream2 {
+    let method_name = &sig.ident;
+    let span = sig.ident.span();
     let mut arguments = Vec::new();
-    if body.is_some() {
+    if takes_body {
         arguments.push(quote!(body));
     }
-    if context.is_some() {
+    if takes_context {
         arguments.push(quote!(&context));
     }
     let returns_nothing = matches!(sig.output, ReturnType::Default);
     let call = quote_spanned! {span=> service.#method_name(#(#arguments),*).await };
-    let run = if returns_nothing {
+    if returns_nothing {
         quote! {
             #call;
             ::std::result::Result::Ok(::std::option::Option::None)
@@ -294,7 +287,27 @@ fn expand_handler(
             }
             (&&::pipeforce::messaging::__private::Reply(&value)).encode()
         }
-    };
+    }
+}
+
+fn expand_handler(
+    type_name: &str,
+    method: &ImplItemFn,
+    patterns: &[Expr],
+) -> syn::Result<TokenStream2> {
+    let sig = &method.sig;
+    check_signature(sig)?;
+    let Parameters { body, context } = parameters(method)?;
+    let method_name = &sig.ident;
+    let handler_name = format!("{type_name}::{method_name}");
+
+    let decode = body.map(|ty| {
+        quote_spanned! {ty.span()=>
+            let body: #ty = (&&::pipeforce::messaging::__private::Decode::<#ty>::new())
+                .decode(context.body())?;
+        }
+    });
+    let run = call_and_reply(sig, body.is_some(), context.is_some());
 
     let body_doc = body.map(|ty| {
         quote_spanned! {ty.span()=>

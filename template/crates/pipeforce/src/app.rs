@@ -15,10 +15,11 @@ use tracing::{info, warn};
 
 use crate::{
     Config, Error,
+    config::{HttpConfig, MessagingConfig},
     health::Readiness,
     http,
     hub::HubClient,
-    messaging::{Consumer, Dispatcher, Publisher, RetryPolicy, TimeLimits, asyncapi},
+    messaging::{Consumer, Dispatcher, Handler, Publisher, RetryPolicy, TimeLimits, asyncapi},
     services::Services,
     telemetry::Metrics,
 };
@@ -43,10 +44,7 @@ impl App {
         register: impl FnOnce(&mut Services),
     ) -> Result<Self, Error> {
         info!(%config, "effective configuration");
-        let address = SocketAddr::new(config.http.host, config.http.port);
-        let bind_error = |source| Error::HttpBind { address, source };
-        let http_listener = TcpListener::bind(address).await.map_err(bind_error)?;
-        let http_addr = http_listener.local_addr().map_err(bind_error)?;
+        let (http_listener, http_addr) = bind_http(&config.http).await?;
 
         // Metric handles are taken below: the recorder must exist before.
         let metrics = Metrics::install();
@@ -72,19 +70,7 @@ impl App {
             publishes: &registered.publishes,
         });
         let openapi = http::docs::openapi(&config.service, &config.version, registered.apis);
-        let retry = RetryPolicy {
-            max_retries: messaging.max_retries,
-            first_delay: messaging.retry_delay,
-        };
-        let dispatcher = Dispatcher::new(registered.handlers, publisher.clone(), retry)
-            .with_limits(TimeLimits {
-                handler: Some(messaging.handler_timeout),
-                consumer: Some(messaging.consumer_timeout),
-            });
-        for handler in dispatcher.handlers() {
-            let patterns: Vec<&str> = handler.patterns().iter().map(|p| p.as_str()).collect();
-            info!(handler = handler.name(), ?patterns, "registered handler");
-        }
+        let dispatcher = new_dispatcher(registered.handlers, publisher.clone(), messaging);
 
         let consumer = Consumer {
             config: messaging.clone(),
@@ -176,4 +162,36 @@ impl App {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Binds the HTTP listener: a taken port is a start-up error. Returns it with the address it
+/// got, the real port when port 0 was asked for.
+async fn bind_http(config: &HttpConfig) -> Result<(TcpListener, SocketAddr), Error> {
+    let address = SocketAddr::new(config.host, config.port);
+    let bind_error = |source| Error::HttpBind { address, source };
+    let http_listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let http_addr = http_listener.local_addr().map_err(bind_error)?;
+    Ok((http_listener, http_addr))
+}
+
+/// The dispatcher of the registered handlers, with the configured retries and time limits;
+/// logs each handler with its patterns.
+fn new_dispatcher(
+    handlers: Vec<Handler>,
+    publisher: Publisher,
+    messaging: &MessagingConfig,
+) -> Dispatcher {
+    let retry = RetryPolicy {
+        max_retries: messaging.max_retries,
+        first_delay: messaging.retry_delay,
+    };
+    let dispatcher = Dispatcher::new(handlers, publisher, retry).with_limits(TimeLimits {
+        handler: Some(messaging.handler_timeout),
+        consumer: Some(messaging.consumer_timeout),
+    });
+    for handler in dispatcher.handlers() {
+        let patterns: Vec<&str> = handler.patterns().iter().map(|p| p.as_str()).collect();
+        info!(handler = handler.name(), ?patterns, "registered handler");
+    }
+    dispatcher
 }

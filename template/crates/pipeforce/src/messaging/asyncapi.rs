@@ -33,63 +33,112 @@ pub(crate) struct Interface<'a> {
 /// The AsyncAPI 3.0 document.
 pub(crate) fn document(interface: &Interface<'_>) -> Value {
     let messaging = interface.messaging;
-    let exchange = json!({
-        "name": messaging.exchange,
-        "type": "topic",
-        "durable": true,
-        "autoDelete": false,
-        "vhost": messaging.vhost,
-    });
-
-    let mut channels = Map::new();
-    let mut operations = Map::new();
-    let mut messages = Map::new();
-    let mut schemas = Map::new();
-
+    let mut parts = Parts::new(messaging);
     for handler in interface.handlers {
+        parts.receive(handler, &messaging.queue);
+    }
+    for publish in interface.publishes {
+        parts.send(publish);
+    }
+
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": interface.service,
+            "version": interface.version,
+            "description": format!(
+                "Messages the PIPEFORCE service {} consumes from its queue `{}` and publishes \
+                 to the topic exchange `{}`. Messages it cannot handle go to `{}` with the \
+                 reason in the `x-pipeforce-error` header.",
+                interface.service, messaging.queue, messaging.exchange, messaging.dead_letter_queue
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": servers(messaging),
+        "channels": parts.channels,
+        "operations": parts.operations,
+        "components": { "messages": parts.messages, "schemas": parts.schemas },
+    })
+}
+
+/// The document's channels, operations, messages and schemas, collected handler by handler
+/// and publish by publish.
+struct Parts {
+    /// The topic exchange, as every channel's AMQP binding names it.
+    exchange: Value,
+    channels: Map<String, Value>,
+    operations: Map<String, Value>,
+    messages: Map<String, Value>,
+    schemas: Map<String, Value>,
+}
+
+impl Parts {
+    fn new(messaging: &MessagingConfig) -> Self {
+        let exchange = json!({
+            "name": messaging.exchange,
+            "type": "topic",
+            "durable": true,
+            "autoDelete": false,
+            "vhost": messaging.vhost,
+        });
+        Self {
+            exchange,
+            channels: Map::new(),
+            operations: Map::new(),
+            messages: Map::new(),
+            schemas: Map::new(),
+        }
+    }
+
+    /// A `receive` operation on a channel of its own for each of `handler`'s patterns.
+    fn receive(&mut self, handler: &Handler, queue: &str) {
         let message = handler
             .body()
-            .map(|body| add_message(&mut messages, &mut schemas, body));
+            .map(|body| add_message(&mut self.messages, &mut self.schemas, body));
         for (index, pattern) in handler.patterns().iter().enumerate() {
             let id = channel_id(handler.name(), index, handler.patterns().len());
-            channels.insert(
+            self.channels.insert(
                 id.clone(),
                 channel(
                     pattern.as_str(),
                     &format!(
-                        "Bound to the service queue `{}`; handled by `{}`.",
-                        messaging.queue,
+                        "Bound to the service queue `{queue}`; handled by `{}`.",
                         handler.name()
                     ),
                     message.as_deref(),
-                    &exchange,
+                    &self.exchange,
                 ),
             );
-            operations.insert(
+            self.operations.insert(
                 id.clone(),
                 operation("receive", &id, handler.name(), message.as_deref()),
             );
         }
     }
-    for publish in interface.publishes {
-        let message = add_message(&mut messages, &mut schemas, &publish.body);
+
+    /// A `send` operation on a channel of its own for a declared publish.
+    fn send(&mut self, publish: &DeclaredPublish) {
+        let message = add_message(&mut self.messages, &mut self.schemas, &publish.body);
         let id = format!("publish.{}", sanitize(&publish.routing_key));
-        channels.insert(
+        self.channels.insert(
             id.clone(),
             channel(
                 &publish.routing_key,
                 "Published by the service to the topic exchange.",
                 Some(&message),
-                &exchange,
+                &self.exchange,
             ),
         );
-        operations.insert(
+        self.operations.insert(
             id.clone(),
             operation("send", &id, &publish.routing_key, Some(&message)),
         );
     }
+}
 
-    let servers: Map<String, Value> = messaging
+/// One server per broker address.
+fn servers(messaging: &MessagingConfig) -> Map<String, Value> {
+    messaging
         .addresses
         .iter()
         .enumerate()
@@ -107,26 +156,7 @@ pub(crate) fn document(interface: &Interface<'_>) -> Value {
             });
             (name, server)
         })
-        .collect();
-
-    json!({
-        "asyncapi": "3.0.0",
-        "info": {
-            "title": interface.service,
-            "version": interface.version,
-            "description": format!(
-                "Messages the PIPEFORCE service {} consumes from its queue `{}` and publishes \
-                 to the topic exchange `{}`. Messages it cannot handle go to `{}` with the \
-                 reason in the `x-pipeforce-error` header.",
-                interface.service, messaging.queue, messaging.exchange, messaging.dead_letter_queue
-            ),
-        },
-        "defaultContentType": "application/json",
-        "servers": servers,
-        "channels": channels,
-        "operations": operations,
-        "components": { "messages": messages, "schemas": schemas },
-    })
+        .collect()
 }
 
 fn channel(address: &str, description: &str, message: Option<&str>, exchange: &Value) -> Value {

@@ -1,7 +1,7 @@
-//! The consumer: connects, declares the topology, consumes, settles, reconnects.
+//! The consumer: connects, declares the topology, consumes, reconnects.
 //!
-//! One task owns the connections. Each delivery runs in its own task, at most `prefetch` at a
-//! time (the broker sends no more until some are acked). A message is acked only after every
+//! One task owns the connections. Each delivery runs in its own task (`settle`), at most
+//! `prefetch` at a time (the broker sends no more until some are acked). A message is acked only after every
 //! matching handler succeeded; a message that cannot be handled is first copied to the
 //! dead-letter queue (confirmed) and only then acked, so a failure at any point leaves it in
 //! one queue or the other. One task, the ack task (`acks`), sends every ack; nothing is ever
@@ -24,38 +24,28 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties,
-    message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     tcp::OwnedTLSConfig,
     types::FieldTable,
     uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo},
 };
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::gauge;
 use secrecy::ExposeSecret;
 use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, error, field::Empty, info, info_span, warn};
+use tracing::{error, info, warn};
 
-use super::{
-    Message, Publisher,
-    acks::{Acks, Completion},
-    dispatch::{Dispatcher, Outcome},
-    topology,
-};
+use super::{Publisher, acks::Acks, dispatch::Dispatcher, settle::Settle, topology};
 use crate::{
     config::{BrokerAddress, MessagingConfig},
     health::Condition,
-    telemetry::{self, metric},
+    telemetry::metric,
 };
 
 /// Back-off between connection attempts: doubled after each failure, up to the maximum, plus
 /// a random part of up to as much again, so replicas do not reconnect in lock-step.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
-
-/// Back-off between attempts to copy a message to a dead-letter queue that refuses it.
-const DEAD_LETTER_RETRY_MIN: Duration = Duration::from_millis(500);
-const DEAD_LETTER_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long a completed delivery may wait for its ack to be coalesced with others.
 const ACK_INTERVAL: Duration = Duration::from_millis(5);
@@ -182,21 +172,8 @@ impl Consumer {
             Err(error) => return lost(error),
         }
         let connection = Arc::clone(&connections.consume);
-        let channel = match self.prepare(&connection).await {
-            Ok(channel) => channel,
-            Err(error) => return lost(error),
-        };
-        let consumer_tag = format!("{}-{}", self.service, uuid::Uuid::new_v4().simple());
-        let mut deliveries = match channel
-            .basic_consume(
-                self.config.queue.as_str().into(),
-                consumer_tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        {
-            Ok(deliveries) => deliveries,
+        let (channel, consumer_tag, deliveries) = match self.start_consuming(&connection).await {
+            Ok(started) => started,
             Err(error) => return lost(error),
         };
 
@@ -212,61 +189,78 @@ impl Consumer {
 
         let batch = usize::from(self.config.prefetch / 4).clamp(1, 50);
         let (acks, ack_task) = Acks::spawn(channel.clone(), batch, ACK_INTERVAL);
-        let settle = Arc::new(Settle {
-            in_flight: gauge!(metric::HANDLERS_IN_FLIGHT),
-            dead_letter_failures: counter!(metric::DEAD_LETTER_FAILURES),
-            dispatcher: Arc::clone(&self.dispatcher),
-            publisher: self.publisher.clone(),
-            connection: Arc::clone(&connection),
-            channel: channel.clone(),
+        let session_over = stopping.child_token();
+        let settle = Arc::new(Settle::new(
+            Arc::clone(&self.dispatcher),
+            self.publisher.clone(),
+            self.config.dead_letter_queue.clone(),
+            Arc::clone(&connection),
+            channel.clone(),
             acks,
-            dead_letter_queue: self.config.dead_letter_queue.clone(),
-            session_over: stopping.child_token(),
-        });
+            session_over.clone(),
+        ));
         let in_flight = TaskTracker::new();
-        // lapin's connection events go to one listener each, and the publisher may listen:
-        // look at the status instead.
-        let publish_connection = connections.publish.clone();
-        let mut publish_check = tokio::time::interval(PUBLISH_CONNECTION_CHECK);
-        let ended = loop {
-            tokio::select! {
-                biased;
-                () = stopping.cancelled() => break None,
-                _ = publish_check.tick() => {
-                    if !publish_connection.as_ref().is_some_and(|c| c.status().connected()) {
-                        break Some("the publishing connection was closed".to_owned());
-                    }
-                }
-                delivery = deliveries.next() => match delivery {
-                    Some(Ok(delivery)) => {
-                        in_flight.spawn(Arc::clone(&settle).handle(delivery));
-                    }
-                    Some(Err(error)) => break Some(error.to_string()),
-                    None => break Some(
-                        "the broker cancelled the consumer (was the queue deleted?)".to_owned(),
-                    ),
-                },
-            }
-        };
+        let ended = receive(
+            deliveries,
+            &settle,
+            &in_flight,
+            connections.publish.clone(),
+            stopping,
+        )
+        .await;
         self.ready.set(false);
         gauge!(metric::BROKER_CONNECTED).set(0.0);
         if let Some(error) = ended {
             // RabbitMQ delivers everything unacked again, to this or another replica: stop
             // the retries of this session's deliveries rather than run them twice at once.
-            settle.session_over.cancel();
+            session_over.cancel();
             ack_task.finish().await;
             return SessionEnd::Lost {
                 error,
                 consumed: true,
             };
         }
-
-        // Graceful shutdown, within the shutdown timeout: handlers get it all but the time
-        // for flushing the acks and closing.
         let close_by = Instant::now() + self.shutdown_timeout;
+        self.stop_handlers(&channel, &consumer_tag, &in_flight, close_by)
+            .await;
+        // Handlers still running are left behind: what they complete from now on is not
+        // acked, and closing the connection hands their messages back to the broker.
+        session_over.cancel();
+        let _ = tokio::time::timeout_at(close_by, ack_task.finish()).await;
+        SessionEnd::Stopped { close_by }
+    }
+
+    /// Opens the consuming channel, declares the topology and starts consuming, under a
+    /// consumer tag of this session's own.
+    async fn start_consuming(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, String, lapin::Consumer), lapin::Error> {
+        let channel = self.prepare(connection).await?;
+        let consumer_tag = format!("{}-{}", self.service, uuid::Uuid::new_v4().simple());
+        let deliveries = channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                consumer_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer_tag, deliveries))
+    }
+
+    /// The graceful part of a shutdown, within the shutdown timeout that ends at `close_by`:
+    /// cancels the consumer and waits for the running handlers, which get it all but the
+    /// time for flushing the acks and closing.
+    async fn stop_handlers(
+        &self,
+        channel: &Channel,
+        consumer_tag: &str,
+        in_flight: &TaskTracker,
+        close_by: Instant,
+    ) {
         let handlers_until = close_by - (self.shutdown_timeout / 4).min(CLOSING_TIME);
-        let cancel =
-            channel.basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default());
+        let cancel = channel.basic_cancel(consumer_tag.into(), BasicCancelOptions::default());
         let _ = tokio::time::timeout_at(handlers_until, cancel).await;
         in_flight.close();
         let running = in_flight.len();
@@ -283,11 +277,6 @@ impl Consumer {
                 "handlers still running; their messages go back to the queue"
             );
         }
-        // Handlers still running are left behind: what they complete from now on is not
-        // acked, and closing the connection hands their messages back to the broker.
-        settle.session_over.cancel();
-        let _ = tokio::time::timeout_at(close_by, ack_task.finish()).await;
-        SessionEnd::Stopped { close_by }
     }
 
     /// Opens the consuming channel and declares the topology.
@@ -360,182 +349,36 @@ fn reconnect_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// What every delivery task of one session shares.
-struct Settle {
-    in_flight: Gauge,
-    dead_letter_failures: Counter,
-    dispatcher: Arc<Dispatcher>,
-    publisher: Publisher,
-    /// The consuming connection, to declare a missing dead-letter queue again.
-    connection: Arc<Connection>,
-    channel: Channel,
-    acks: Acks,
-    dead_letter_queue: String,
-    /// Cancelled when the service stops or the session's connection is lost: a handler
-    /// waiting to retry gives up, since its delivery can no longer be settled.
-    session_over: CancellationToken,
-}
-
-impl Settle {
-    /// Handles one delivery and settles it, in a span that continues the publisher's trace.
-    async fn handle(self: Arc<Self>, delivery: Delivery) {
-        let tag = delivery.delivery_tag;
-        if !self.session_is_live() {
-            // Received before the connection dropped, and no longer ackable: RabbitMQ
-            // delivers it again, so running its handlers now would run them twice.
-            debug!(tag, "skipping a delivery of a session that is over");
-            return;
-        }
-        let message = Arc::new(Message {
-            exchange: delivery.exchange.into(),
-            routing_key: delivery.routing_key.into(),
-            body: delivery.data,
-            properties: delivery.properties,
-            redelivered: delivery.redelivered,
-        });
-        // The fields are the trace's attributes; log lines show the routing key and the
-        // trace id of them (see `telemetry`).
-        let span = info_span!(
-            target: "pipeforce::messaging",
-            "message",
-            otel.name = %format_args!("process {}", message.exchange),
-            otel.kind = "consumer",
-            otel.status_code = Empty,
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "process",
-            messaging.destination.name = message.exchange.as_str(),
-            messaging.rabbitmq.destination.routing_key = message.routing_key.as_str(),
-            messaging.message.id = message.properties.message_id().as_ref().map(|id| id.as_str()),
-            pipeforce.handlers = Empty,
-            pipeforce.outcome = Empty,
-            error.message = Empty,
-            trace_id = Empty,
-        );
-        let headers = message.properties.headers().as_ref();
-        telemetry::continue_trace(&span, &telemetry::amqp::Headers(headers));
-        telemetry::record_trace_id(&span);
-
-        self.in_flight.increment(1.0);
-        let completion = self.dispatch_and_settle(message).instrument(span).await;
-        self.in_flight.decrement(1.0);
-        self.acks.complete(tag, completion);
-    }
-
-    /// Whether this session's deliveries can still be acked. Checked before running one:
-    /// lapin updates the channel's status only when its own task gets to run, after the
-    /// deliveries it had read before the close.
-    fn session_is_live(&self) -> bool {
-        !self.session_over.is_cancelled()
-            && self.channel.status().connected()
-            && self.connection.status().connected()
-    }
-
-    async fn dispatch_and_settle(&self, message: Arc<Message>) -> Completion {
-        let outcome = self
-            .dispatcher
-            .dispatch(Arc::clone(&message), &self.session_over)
-            .await;
-        let span = tracing::Span::current();
-        match outcome {
-            Outcome::Handled { handlers, replies } => {
-                span.record("pipeforce.handlers", handlers.join(","));
-                span.record("pipeforce.outcome", "handled");
-                self.send_replies(&message, replies).await;
-                Completion::Ack
+/// Hands each delivery to a task of its own until the service stops (`None`) or the session
+/// fails (`Some` with why).
+async fn receive(
+    mut deliveries: lapin::Consumer,
+    settle: &Arc<Settle>,
+    in_flight: &TaskTracker,
+    publish_connection: Option<Arc<Connection>>,
+    stopping: &CancellationToken,
+) -> Option<String> {
+    // lapin's connection events go to one listener each, and the publisher may listen:
+    // look at the status instead.
+    let mut publish_check = tokio::time::interval(PUBLISH_CONNECTION_CHECK);
+    loop {
+        tokio::select! {
+            biased;
+            () = stopping.cancelled() => break None,
+            _ = publish_check.tick() => {
+                if !publish_connection.as_ref().is_some_and(|c| c.status().connected()) {
+                    break Some("the publishing connection was closed".to_owned());
+                }
             }
-            Outcome::DeadLettered { .. } if !self.session_is_live() => {
-                // The connection dropped while the handler ran: this delivery can no longer
-                // be acked and RabbitMQ delivers the message again. Copying it to the
-                // dead-letter queue now would leave a duplicate there once the redelivery
-                // dead-letters it too.
-                span.record("pipeforce.outcome", "abandoned");
-                Completion::Abandoned
-            }
-            Outcome::DeadLettered { reason, handler } => {
-                span.record("pipeforce.handlers", handler);
-                span.record("pipeforce.outcome", "dead_lettered");
-                span.record("error.message", reason.as_str());
-                span.record("otel.status_code", "ERROR");
-                self.dead_letter(&message, &reason, handler).await
-            }
-            Outcome::Abandoned => {
-                span.record("pipeforce.outcome", "abandoned");
-                Completion::Abandoned
-            }
-        }
-    }
-
-    async fn send_replies(&self, message: &Message, replies: Vec<Vec<u8>>) {
-        let Some(reply_to) = message.properties.reply_to() else {
-            return;
-        };
-        let correlation_id = message
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|id| id.as_str());
-        for reply in replies {
-            if let Err(error) = self
-                .publisher
-                .reply(reply_to.as_str(), correlation_id, &reply)
-                .await
-            {
-                warn!(%error, routing_key = %message.routing_key, "cannot send the reply");
-            }
-        }
-    }
-
-    /// Copies the message to the dead-letter queue; once the broker confirmed the copy, the
-    /// delivery is to be acked. A copy the broker refuses (the queue was deleted, or is full
-    /// and rejects publishes) is tried again with back-off, after declaring the queue again,
-    /// for as long as the session lasts: the message stays unacked meanwhile, and if the
-    /// session ends first, RabbitMQ delivers it again. Rejecting it would hand it to the
-    /// queue's own dead-lettering, which drops what the same queue refuses.
-    async fn dead_letter(
-        &self,
-        message: &Message,
-        reason: &str,
-        handler: Option<&'static str>,
-    ) -> Completion {
-        warn!(
-            routing_key = %message.routing_key,
-            handler,
-            reason,
-            queue = %self.dead_letter_queue,
-            "dead-lettering message"
-        );
-        let mut delays = ExponentialBuilder::default()
-            .with_min_delay(DEAD_LETTER_RETRY_MIN)
-            .with_max_delay(DEAD_LETTER_RETRY_MAX)
-            .with_jitter()
-            .without_max_times()
-            .build();
-        loop {
-            let copied = self
-                .publisher
-                .dead_letter(&self.dead_letter_queue, message, reason, handler)
-                .await;
-            let Err(error) = copied else {
-                return Completion::Ack;
-            };
-            self.dead_letter_failures.increment(1);
-            let retry_in = delays.next().unwrap_or(DEAD_LETTER_RETRY_MAX);
-            error!(
-                %error,
-                queue = %self.dead_letter_queue,
-                ?retry_in,
-                "cannot copy to the dead-letter queue; the message stays unacked until it can"
-            );
-            // In case it was deleted.
-            let declared =
-                topology::declare_dead_letter_queue(&self.connection, &self.dead_letter_queue);
-            if let Err(error) = declared.await {
-                warn!(%error, queue = %self.dead_letter_queue, "cannot declare the dead-letter queue");
-            }
-            tokio::select! {
-                () = tokio::time::sleep(retry_in) => {}
-                () = self.session_over.cancelled() => return Completion::Abandoned,
-            }
+            delivery = deliveries.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    in_flight.spawn(Arc::clone(settle).handle(delivery));
+                }
+                Some(Err(error)) => break Some(error.to_string()),
+                None => break Some(
+                    "the broker cancelled the consumer (was the queue deleted?)".to_owned(),
+                ),
+            },
         }
     }
 }

@@ -10,7 +10,8 @@
 //! - `decode`: a body into the handler's parameter type (text, bytes or JSON).
 //! - [`asyncapi`]: the AsyncAPI document, from the handlers' bodies (`body_doc`).
 //! - `dispatch`: from a message to an [`Outcome`]: matching, decoding, running, retrying.
-//! - `consumer`: the connection, the topology (`topology`), consuming, settling, reconnecting.
+//! - `consumer`: the connections, the topology (`topology`), consuming, reconnecting.
+//! - `settle`: one delivery from receiving to settling: dispatch, replies, dead letters.
 //! - `acks`: coalescing acks into `multiple=true` runs.
 //! - `publisher`: [`Publisher`], with publisher confirms and direct reply-to.
 //!
@@ -36,6 +37,7 @@ mod handler;
 mod message;
 pub mod pattern;
 mod publisher;
+mod settle;
 mod topology;
 
 pub use body_doc::{BodyDoc, SchemaDoc};
