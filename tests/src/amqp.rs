@@ -278,6 +278,23 @@ impl Broker {
         count
     }
 
+    /// Waits until no message in `queue` is ready, so every one has been delivered to a
+    /// consumer; panics after `timeout`.
+    pub async fn wait_until_delivered(&self, queue: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let ready = self.ready_count(queue).await;
+            if ready == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ready} messages in {queue} still not delivered after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Takes every message out of `queue`.
     pub async fn take_all(&self, queue: &str) -> Vec<DeadLetter> {
         let mut taken = Vec::new();

@@ -2,7 +2,12 @@
 //! connections to the broker only (read from `/proc`, as `ss -tlnp` would); no root and no
 //! writable filesystem.
 
-use std::{collections::BTreeSet, fs, os::unix::fs::PermissionsExt, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::PermissionsExt,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 use template_tests::{
@@ -81,10 +86,21 @@ async fn the_service_listens_on_its_http_port_only_and_connects_only_to_the_brok
         .rsplit_once(':')
         .and_then(|(_, port)| port.parse().ok())
         .unwrap();
-    // Let the HTTP client of the readiness poll go away.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let (tcp, udp) = sockets(service.pid());
+    // The readiness poll's connection closes after the poll; wait until the service has let
+    // go of it, so that only the sockets it holds of its own accord are left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (tcp, udp) = loop {
+        let (tcp, udp) = sockets(service.pid());
+        let accepted = |socket: &Socket| !socket.listening && socket.local_port == http_port;
+        if !tcp.iter().any(accepted) {
+            break (tcp, udp);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service still holds the readiness poll's HTTP connection after 10 s: {tcp:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     let listening: Vec<u16> = tcp
         .iter()
@@ -95,7 +111,7 @@ async fn the_service_listens_on_its_http_port_only_and_connects_only_to_the_brok
     let elsewhere: Vec<&Socket> = tcp
         .iter()
         .filter(|socket| !socket.listening)
-        .filter(|socket| socket.remote_port != 5672 && socket.local_port != http_port)
+        .filter(|socket| socket.remote_port != 5672)
         .collect();
     assert!(
         elsewhere.is_empty(),

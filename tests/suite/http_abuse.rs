@@ -181,9 +181,12 @@ async fn bodies_trickled_slowly_do_not_hold_up_other_clients_and_are_served_in_t
     let service = scenario.start().await;
 
     // Ten greetings whose bodies arrive a byte every 150 ms (about 3 s each).
+    const TRICKLING: usize = 10;
+    let (begun, mut bodies_begun) = tokio::sync::mpsc::channel(TRICKLING);
     let mut trickling = JoinSet::new();
-    for i in 0..10 {
+    for i in 0..TRICKLING {
         let mut connection = connect(&service).await;
+        let begun = begun.clone();
         trickling.spawn(async move {
             let body = json!({ "name": format!("trickle-{i}") }).to_string();
             let head = format!(
@@ -192,9 +195,12 @@ async fn bodies_trickled_slowly_do_not_hold_up_other_clients_and_are_served_in_t
                 body.len()
             );
             connection.write_all(head.as_bytes()).await.unwrap();
-            for byte in body.as_bytes() {
+            for (sent, byte) in body.as_bytes().iter().enumerate() {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 connection.write_all(&[*byte]).await.unwrap();
+                if sent == 0 {
+                    begun.send(()).await.unwrap();
+                }
             }
             read_response_promptly(&mut connection)
                 .await
@@ -202,8 +208,13 @@ async fn bodies_trickled_slowly_do_not_hold_up_other_clients_and_are_served_in_t
         });
     }
 
-    // Meanwhile a greeting sent at full speed goes through.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile, once every trickled body has begun, a greeting sent at full speed goes
+    // through.
+    for started in 0..TRICKLING {
+        tokio::time::timeout(PROMPTLY, bodies_begun.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {started} of the trickled bodies began within 5 s"));
+    }
     let quick = fresh_connection_client()
         .post(format!("{}/greetings", service.http))
         .json(&json!({ "name": "quick" }))

@@ -25,11 +25,10 @@ async fn a_message_is_acked_only_after_its_handler_succeeded() {
         .await;
     // Delivered (no longer ready) but the handler still sleeps: kill the process hard.
     let queue = scenario.names.queue();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scenario.broker.ready_count(&queue).await != 0 {
-        assert!(Instant::now() < deadline, "never delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scenario
+        .broker
+        .wait_until_delivered(&queue, Duration::from_secs(10))
+        .await;
     first.signal(Signal::SIGKILL);
     first.wait_for_exit(Duration::from_secs(5)).await;
     assert!(
@@ -231,9 +230,10 @@ async fn sigterm_lets_in_flight_handlers_finish_and_loses_nothing() {
             .await;
     }
     let queue = scenario.names.queue();
-    while scenario.broker.ready_count(&queue).await != 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scenario
+        .broker
+        .wait_until_delivered(&queue, Duration::from_secs(10))
+        .await;
 
     service.signal(Signal::SIGTERM);
     let status = service.wait_for_exit(Duration::from_secs(10)).await;

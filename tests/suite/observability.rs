@@ -199,11 +199,56 @@ async fn the_sampler_named_in_otel_traces_sampler_decides_which_traces_are_recor
     assert_eq!(recorded, BTreeSet::from([sampled.to_owned()]));
 }
 
+/// A collector that hangs up on every connection: each export fails as if nothing listened,
+/// and the test can count the attempts, one connection each.
+struct HangingUpCollector {
+    endpoint: String,
+    attempts: tokio::sync::watch::Receiver<usize>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl HangingUpCollector {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let (count, attempts) = tokio::sync::watch::channel(0);
+        let accepting = tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                drop(connection);
+                count.send_modify(|attempts| *attempts += 1);
+            }
+        });
+        Self {
+            endpoint,
+            attempts,
+            accepting,
+        }
+    }
+
+    /// Waits until `count` export attempts have been made in all.
+    async fn wait_for_attempts(&mut self, count: usize, timeout: Duration) -> Result<(), usize> {
+        let reached = tokio::time::timeout(timeout, self.attempts.wait_for(|made| *made >= count))
+            .await
+            .is_ok_and(|waited| waited.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(*self.attempts.borrow())
+        }
+    }
+}
+
+impl Drop for HangingUpCollector {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
 #[tokio::test]
 async fn messages_are_handled_while_the_collector_is_unreachable_and_that_is_logged_once() {
-    // Port 1: nothing listens there, so every export is refused at once.
+    let mut collector = HangingUpCollector::start().await;
     let scenario = Scenario::new(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ])
@@ -230,8 +275,23 @@ async fn messages_are_handled_while_the_collector_is_unreachable_and_that_is_log
         assert!(std::time::Instant::now() < deadline, "{}", service.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Several more export rounds fail meanwhile (one every 100 ms); still one line says so.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Several more export rounds fail meanwhile, each a message's spans; still one line says so.
+    let failed_before = *collector.attempts.borrow();
+    for more in 1..=3 {
+        scenario
+            .publish("probe.ok.dark", json!({ "id": format!("more-{more}") }))
+            .await;
+        if let Err(made) = collector
+            .wait_for_attempts(failed_before + more, Duration::from_secs(10))
+            .await
+        {
+            panic!(
+                "no export attempt for message more-{more} within 10 s ({made} attempts in \
+                 all):\n{}",
+                service.logs()
+            );
+        }
+    }
     let logs = service.logs();
     assert_eq!(
         logs.matches("cannot export traces").count(),

@@ -52,8 +52,37 @@ async fn a_dead_letter_does_not_expire_with_the_message_ttl() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The point of the test is the TTL running out: wait past it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The point of the test is the TTL running out: a twin with the same TTL, queued after
+    // the dead letter in a queue of the test's own, must expire first.
+    let twin_queue = scenario
+        .broker
+        .capture(
+            &scenario.names.exchange,
+            "ttl-twin.nothing-is-published-here",
+        )
+        .await;
+    let twin_published = Instant::now();
+    scenario
+        .broker
+        .publish(
+            "",
+            &twin_queue,
+            b"twin",
+            BasicProperties::default().with_expiration("1000".into()),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scenario.broker.ready_count(&twin_queue).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a message with a 1000 ms TTL did not expire within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        twin_published.elapsed() >= Duration::from_millis(1000),
+        "the twin left its queue before its TTL ran out: it was never queued"
+    );
 
     let dead_letter = scenario
         .broker

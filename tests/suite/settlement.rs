@@ -146,11 +146,10 @@ async fn a_redelivered_message_runs_although_its_message_id_was_dead_lettered_be
         )
         .await;
     let queue = scenario.names.queue();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scenario.broker.ready_count(&queue).await != 0 {
-        assert!(Instant::now() < deadline, "never delivered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scenario
+        .broker
+        .wait_until_delivered(&queue, Duration::from_secs(10))
+        .await;
     let service_name = scenario.names.service.clone();
     let closed = tokio::task::spawn_blocking(move || close_service_connections(&service_name))
         .await
@@ -278,9 +277,10 @@ async fn shutdown_keeps_to_its_timeout_closes_the_connections_and_requeues_what_
         .publish("probe.ok.long", json!({ "id": "long", "sleep_ms": 60000 }))
         .await;
     let queue = scenario.names.queue();
-    while scenario.broker.ready_count(&queue).await != 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    scenario
+        .broker
+        .wait_until_delivered(&queue, Duration::from_secs(10))
+        .await;
 
     service.signal(Signal::SIGTERM);
     let asked = Instant::now();
