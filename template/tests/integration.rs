@@ -8,7 +8,7 @@ use pipeforce::testing::{TestService, eventually};
 use reqwest::StatusCode;
 
 use {{crate_name}}::DEFAULTS;
-use {{crate_name}}::service::{self, GREETING_KEY, Greeting, GreetingReply, GreetingStats};
+use {{crate_name}}::service::{self, GREETING_KEY};
 
 #[tokio::test]
 async fn test_integration_readiness_answers_200_while_consuming() {
@@ -23,11 +23,11 @@ async fn test_integration_readiness_answers_200_while_consuming() {
 #[tokio::test]
 async fn test_integration_a_greeting_request_gets_its_reply() {
     let service = TestService::spawn(DEFAULTS, service::register).await;
-    let greeting = Greeting {
+    let greeting = service::Greeting {
         name: "Ada".to_owned(),
     };
 
-    let reply: GreetingReply = service
+    let reply: service::GreetingReply = service
         .publisher
         .request(GREETING_KEY, &greeting, Duration::from_secs(10))
         .await
@@ -40,7 +40,7 @@ async fn test_integration_a_greeting_request_gets_its_reply() {
 #[tokio::test]
 async fn test_integration_a_posted_greeting_is_handled_and_counted() {
     let service = TestService::spawn(DEFAULTS, service::register).await;
-    let greeting = Greeting {
+    let greeting = service::Greeting {
         name: "Grace".to_owned(),
     };
 
@@ -52,7 +52,7 @@ async fn test_integration_a_posted_greeting_is_handled_and_counted() {
         "the greeting is counted",
         Duration::from_secs(10),
         || async {
-            let stats: GreetingStats = service.get_json("/greetings/stats").await;
+            let stats: service::GreetingStats = service.get_json("/greetings/stats").await;
             if stats.greetings == 1 {
                 Ok(stats)
             } else {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use pipeforce::testing::TestBroker;
 
-use {{crate_name}}::service::{self, GREETING_KEY, Greeting};
+use {{crate_name}}::service::{self, GREETING_KEY};
 
 /// How many greetings go through: enough for a stable rate, little enough for a debug build.
 const GREETINGS: usize = 20_000;
@@ -19,7 +19,7 @@ const GREETINGS: usize = 20_000;
 async fn test_performance_greeting_throughput() {
     // Arrange
     let broker = TestBroker::new(service::register);
-    let greeting = Greeting {
+    let greeting = service::Greeting {
         name: "Ada".to_owned(),
     };
     let mut latencies = Vec::with_capacity(GREETINGS);

@@ -26,6 +26,8 @@ mod tests {
 
     use super::register;
 
+    const HELLO_KEY: &str = "{{project-name}}.hello";
+
     #[tokio::test]
     async fn a_plain_text_webhook_is_handled() {
         let broker = TestBroker::new(register);
@@ -42,7 +44,7 @@ mod tests {
         let broker = TestBroker::new(register);
 
         let delivered = broker
-            .deliver_json("{{project-name}}.hello", &json!({ "name": "Ada" }))
+            .deliver_json(HELLO_KEY, &json!({ "name": "Ada" }))
             .await;
 
         assert_eq!(delivered.handlers(), ["HelloService::hello"]);
@@ -52,9 +54,7 @@ mod tests {
     async fn a_hello_without_a_name_is_rejected_without_retries() {
         let broker = TestBroker::new(register);
 
-        let delivered = broker
-            .deliver_json("{{project-name}}.hello", &json!({ "name": "" }))
-            .await;
+        let delivered = broker.deliver_json(HELLO_KEY, &json!({ "name": "" })).await;
 
         assert_eq!(
             delivered.dead_letter_reason(),
