@@ -7,16 +7,20 @@
 
 use std::{process::Command, time::Duration};
 
-use template_tests::{run_with_timeout, shared_target_dir};
+use template_tests::{run_with_timeout, shared_target_dir, shared_target_lock};
 
 use crate::DEFAULT_RENDER;
 
 #[test]
 fn the_message_path_survives_a_bounded_fuzzing_run() {
     let target = shared_target_dir().with_file_name("fuzz");
+    let project = &DEFAULT_RENDER.dir;
+    // Building and fuzzing keep both cores busy: held like a build in the shared target dir,
+    // so that the tests that measure (chaos, cluster) do not run beside it.
+    let _busy = shared_target_lock();
     let output = run_with_timeout(
         Command::new("cargo")
-            .current_dir(&DEFAULT_RENDER.dir)
+            .current_dir(project)
             .env("RUSTC_BOOTSTRAP", "1")
             .env("CARGO_TARGET_DIR", &target)
             .args(["fuzz", "run", "decode_message", "--sanitizer", "none", "--"])

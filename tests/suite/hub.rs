@@ -17,6 +17,7 @@ use std::{
 use serde_json::{Value, json};
 use template_tests::{
     Output, Render, Rendered, free_port, is_dns_label, repo_root, run, shared_target_dir,
+    shared_target_lock,
 };
 use wiremock::{
     Mock, MockServer, Request, ResponseTemplate,
@@ -62,6 +63,9 @@ static HUB_PROJECT: LazyLock<HubProject> = LazyLock::new(|| {
     // target dir: this one gets a target dir of its own. The deploy package builds only the
     // hub client, so that costs little.
     let deploy_target = shared_target_dir().join("hub-deploy");
+    // Not the shared target dir, but a build all the same: the tests that measure (chaos,
+    // cluster) hold the lock to keep builds off the CPU.
+    let building = shared_target_lock();
     run(Command::new("cargo")
         .current_dir(&rendered.dir)
         .env("CARGO_TARGET_DIR", &deploy_target)
@@ -74,6 +78,7 @@ static HUB_PROJECT: LazyLock<HubProject> = LazyLock::new(|| {
             "deploy",
         ]))
     .assert_success("cargo build of deploy");
+    drop(building);
     HubProject {
         deploy: deploy_target.join("debug/deploy"),
         probe,
