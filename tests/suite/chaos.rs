@@ -481,30 +481,25 @@ impl Outcome {
     }
 
     fn duplicate_runs(&self) -> usize {
-        Self::ids_of(Kind::Handled)
-            .map(|id| {
-                self.runs
-                    .get(&id)
-                    .map_or(0, |runs| runs.len().saturating_sub(1))
-            })
-            .sum()
+        self.duplicates().map(|(_, extra_runs)| extra_runs).sum()
+    }
+
+    /// The handled messages that ran more than once: when each first ran, and how many runs
+    /// it had after that.
+    fn duplicates(&self) -> impl Iterator<Item = (u128, usize)> + '_ {
+        Self::ids_of(Kind::Handled).filter_map(|id| {
+            let runs = self.runs.get(&id).filter(|runs| runs.len() > 1)?;
+            let first = runs.iter().map(|run| run.at_micros).min()?;
+            Some((first, runs.len() - 1))
+        })
     }
 
     /// For each interruption, how many duplicate runs had their first run between it and
     /// the one before: those it cut short before they were acked.
     fn duplicates_by_interruption(&self, interruptions: &[u128]) -> Vec<usize> {
         let mut counts = vec![0; interruptions.len() + 1];
-        for id in Self::ids_of(Kind::Handled) {
-            let Some(runs) = self.runs.get(&id).filter(|runs| runs.len() > 1) else {
-                continue;
-            };
-            let first = runs
-                .iter()
-                .map(|run| run.at_micros)
-                .min()
-                .unwrap_or_default();
-            let cut_by = interruptions.partition_point(|at| *at <= first);
-            counts[cut_by] += runs.len() - 1;
+        for (first, extra_runs) in self.duplicates() {
+            counts[interruptions.partition_point(|at| *at <= first)] += extra_runs;
         }
         counts
     }
@@ -514,15 +509,7 @@ impl Outcome {
     /// older ones the ack was sent and the broker had not read it yet.
     fn duplicate_ages_by_interruption(&self, interruptions: &[u128]) -> Vec<Vec<f64>> {
         let mut ages = vec![Vec::new(); interruptions.len()];
-        for id in Self::ids_of(Kind::Handled) {
-            let Some(runs) = self.runs.get(&id).filter(|runs| runs.len() > 1) else {
-                continue;
-            };
-            let first = runs
-                .iter()
-                .map(|run| run.at_micros)
-                .min()
-                .unwrap_or_default();
+        for (first, _) in self.duplicates() {
             let cut_by = interruptions.partition_point(|at| *at < first);
             if let Some(at) = interruptions.get(cut_by) {
                 ages[cut_by].push((at - first) as f64 / 1e3);
