@@ -10,7 +10,6 @@
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -367,15 +366,13 @@ fn dependabot_watches_cargo_actions_and_docker_images_where_they_are() {
     let updates = dependabot["updates"].as_array().expect("updates");
     let project = &DEFAULT_RENDER.dir;
     // What each ecosystem reads in a directory it is pointed at.
-    let manifests: [(&str, fn(&Path) -> bool); 4] = [
-        ("cargo", |dir| dir.join("Cargo.toml").is_file()),
-        ("github-actions", |dir| {
-            dir.join(".github/workflows").is_dir()
-        }),
-        ("docker", |dir| dir.join("Dockerfile").is_file()),
-        ("docker-compose", |dir| dir.join("compose.yaml").is_file()),
+    let manifests = [
+        ("cargo", "Cargo.toml"),
+        ("github-actions", ".github/workflows"),
+        ("docker", "Dockerfile"),
+        ("docker-compose", "compose.yaml"),
     ];
-    for (ecosystem, has_manifest) in manifests {
+    for (ecosystem, manifest) in manifests {
         let update = updates
             .iter()
             .find(|update| update["package-ecosystem"] == ecosystem)
@@ -385,8 +382,8 @@ fn dependabot_watches_cargo_actions_and_docker_images_where_they_are() {
             .unwrap_or_else(|| panic!("{ecosystem}: one directory"));
         let dir = project.join(directory.trim_start_matches('/'));
         assert!(
-            has_manifest(&dir),
-            "{ecosystem}: {directory} holds nothing it reads"
+            dir.join(manifest).exists(),
+            "{ecosystem}: {directory} holds no {manifest}"
         );
         assert_eq!(update["schedule"]["interval"], "weekly", "{ecosystem}");
     }
