@@ -12,6 +12,7 @@ mod fuzz;
 mod hooks;
 mod http_abuse;
 mod hub;
+mod local_loop;
 mod messaging;
 mod observability;
 mod probe;

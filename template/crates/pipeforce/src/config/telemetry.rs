@@ -31,6 +31,9 @@ pub struct TelemetryConfig {
     pub otlp: Option<OtlpExport>,
     /// `OTEL_SERVICE_NAME`, else the PIPEFORCE service name.
     pub service_name: String,
+    /// `NO_COLOR` (<https://no-color.org>): set and not blank, text logs carry no colour
+    /// codes even on a terminal.
+    pub no_color: bool,
 }
 
 /// The log output format.
@@ -101,6 +104,7 @@ variables! {
         otel_service_name,
         otel_traces_sampler,
         otel_traces_sampler_arg,
+        no_color,
     }
 }
 
@@ -136,7 +140,14 @@ impl TelemetryConfig {
                 .otel_service_name
                 .optional()
                 .unwrap_or_else(|| service.to_owned()),
+            no_color: vars.no_color.optional().is_some(),
         }
+    }
+
+    /// Whether log lines are coloured: text only, and only for a terminal. A file or a pipe
+    /// gets no escape codes, which would garble it for every reader but a terminal.
+    pub fn colour_logs(&self, stderr_is_terminal: bool) -> bool {
+        self.log_format == LogFormat::Text && stderr_is_terminal && !self.no_color
     }
 }
 
@@ -349,6 +360,28 @@ mod tests {
                 .to_string()
                 .contains("RUST_LOG: expected a log filter such as `info`"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn text_logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+        let colour = |vars: &[(&str, &str)], stderr_is_terminal| {
+            config(vars)
+                .unwrap()
+                .telemetry
+                .colour_logs(stderr_is_terminal)
+        };
+
+        assert!(colour(&[], true), "a terminal");
+        assert!(!colour(&[], false), "a file or a pipe");
+        assert!(!colour(&[("NO_COLOR", "1")], true), "NO_COLOR set");
+        assert!(
+            colour(&[("NO_COLOR", "")], true),
+            "an empty NO_COLOR does not count"
+        );
+        assert!(
+            !colour(&[("PIPEFORCE_LOG_FORMAT", "json")], true),
+            "JSON is for collectors"
         );
     }
 

@@ -1,19 +1,25 @@
 //! Log lines: text or JSON on stderr, written by a thread of their own, with only the fields
-//! worth reading in a log.
+//! worth reading in a log. Text is coloured only on a terminal
+//! ([`TelemetryConfig::colour_logs`]).
 //!
 //! The spans the framework opens carry OpenTelemetry attributes named by the semantic
 //! conventions (`messaging.*`, `http.*`, ...). A trace wants them; a log line would repeat
 //! them on every line. [`TerseFields`] keeps them out of the logs, and keeps three of them
 //! under a short name.
 
+use std::io::IsTerminal;
+
 use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{Layer, registry::LookupSpan};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetryConfig};
 
-/// The log layer in `format`, and the guard that flushes its writer thread when dropped.
-pub(super) fn layer<S>(format: LogFormat) -> (Box<dyn Layer<S> + Send + Sync>, WorkerGuard)
+/// The log layer `telemetry` asks for, and the guard that flushes its writer thread when
+/// dropped.
+pub(super) fn layer<S>(
+    telemetry: &TelemetryConfig,
+) -> (Box<dyn Layer<S> + Send + Sync>, WorkerGuard)
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
@@ -24,9 +30,11 @@ where
         .lossy(false)
         .thread_name("log-writer")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let layer = match format {
+    let layer = match telemetry.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
+            // The formatter's own default colours every line, wherever it goes.
+            .with_ansi(telemetry.colour_logs(std::io::stderr().is_terminal()))
             .fmt_fields(TerseFields::Text)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

@@ -57,7 +57,7 @@ pub fn init(config: &Config) -> Result<Telemetry, Error> {
     let telemetry = &config.telemetry;
     let log_filter = EnvFilter::try_new(&telemetry.log_filter)
         .map_err(|error| Error::LogFilter(error.to_string()))?;
-    let (logs, log_writer) = logs::layer(telemetry.log_format);
+    let (logs, log_writer) = logs::layer(telemetry);
     let tracer_provider = traces::provider(config)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
