@@ -7,7 +7,6 @@
 use std::{
     fs,
     path::Path,
-    sync::LazyLock,
     time::{Duration, Instant},
 };
 
@@ -29,9 +28,9 @@ use super::{
 /// Where the suite tags what it builds.
 const REPOSITORY: &str = "localhost/pipeforce-template-suite/shipping";
 
-/// Both images of the shipping render, built once for the tests below, tagged apart from
-/// other runs of the suite that may share the storage. Left tagged at exit (what they hold is
-/// the next run's layer cache anyway) and removed by a run a day later.
+/// Both images of the shipping render, tagged apart from other runs of the suite that may
+/// share the storage. Left tagged at exit (what they hold is the next run's layer cache anyway)
+/// and removed by a run a day later.
 struct Images {
     service: String,
     tests: String,
@@ -39,7 +38,18 @@ struct Images {
     context: TempDir,
 }
 
-static IMAGES: LazyLock<Images> = LazyLock::new(|| {
+/// One test for all of it, so that the builds (minutes from cold) hold one test thread, not
+/// every thread while the others wait for them: the rest of the suite goes on beside it.
+#[tokio::test]
+async fn the_rendered_dockerfile_builds_both_images_and_they_work_as_documented() {
+    let images = build_images();
+    the_service_image_holds_no_shell_and_no_package_manager(&images);
+    the_service_image_runs_hardened_answers_a_greeting_and_stops_on_sigterm(&images).await;
+    the_test_image_runs_the_tests_without_a_rust_toolchain(&images);
+    a_change_to_the_code_rebuilds_on_the_cached_dependency_layer(&images);
+}
+
+fn build_images() -> Images {
     let started = Instant::now();
     podman::ensure_base_images();
     println!("base images ready after {:.0?}", started.elapsed());
@@ -64,11 +74,10 @@ static IMAGES: LazyLock<Images> = LazyLock::new(|| {
         );
     }
     images
-});
+}
 
-#[tokio::test]
-async fn the_service_image_runs_hardened_answers_a_greeting_and_stops_on_sigterm() {
-    let images = &*IMAGES;
+/// Run as a cluster runs it, against the local RabbitMQ.
+async fn the_service_image_runs_hardened_answers_a_greeting_and_stops_on_sigterm(images: &Images) {
     let names = Names::unique();
     let container = podman::ContainerName(format!("pipeforce-{}", names.service));
     let dir = tempfile::tempdir().unwrap();
@@ -117,9 +126,7 @@ async fn the_service_image_runs_hardened_answers_a_greeting_and_stops_on_sigterm
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{logs}");
 }
 
-#[test]
-fn the_service_image_holds_no_shell_and_no_package_manager() {
-    let images = &*IMAGES;
+fn the_service_image_holds_no_shell_and_no_package_manager(images: &Images) {
     let files = podman::image_files(&images.service);
     assert!(
         files.iter().any(|file| file == "./usr/local/bin/shipping"),
@@ -142,9 +149,9 @@ fn the_service_image_holds_no_shell_and_no_package_manager() {
     );
 }
 
-#[test]
-fn the_test_image_runs_the_tests_without_a_rust_toolchain() {
-    let images = &*IMAGES;
+/// The scripts run the archived tests with the image's own nextest; each JUnit report lists
+/// exactly the tests of its kinds that nextest lists in the archive.
+fn the_test_image_runs_the_tests_without_a_rust_toolchain(images: &Images) {
     let toolchain = podman::run_in(
         &images.tests,
         &[],
@@ -193,9 +200,7 @@ fn the_test_image_runs_the_tests_without_a_rust_toolchain() {
 }
 
 /// A change to the code only rebuilds the code: the dependencies' layer comes from the cache.
-#[test]
-fn a_change_to_the_code_rebuilds_on_the_cached_dependency_layer() {
-    let images = &*IMAGES;
+fn a_change_to_the_code_rebuilds_on_the_cached_dependency_layer(images: &Images) {
     let context = tempfile::tempdir().unwrap();
     copy_context(images.context.path(), context.path());
     // Unique, so that the edited code is never in the cache from an earlier run.
