@@ -42,30 +42,44 @@ pub fn ensure_base_images() {
 /// One `podman build` that succeeded: what it printed, and how long it took.
 #[derive(Debug)]
 pub struct Build {
-    /// stdout and stderr, in that order: the steps and what they printed.
+    /// Everything it printed: the steps and their output.
     pub log: String,
     pub elapsed: Duration,
 }
 
 impl Build {
-    /// Whether the step whose instruction contains `instruction` came from the layer cache.
+    /// Whether the step whose instruction contains `instruction` came from the layer cache:
+    /// podman prints `--> Using cache <id>` under such a step.
     pub fn cached(&self, instruction: &str) -> bool {
         let mut lines = self.log.lines();
         lines
             .by_ref()
-            .find(|line| line.starts_with("STEP ") && line.contains(instruction))
+            .find(|line| is_step(line) && line.contains(instruction))
             .unwrap_or_else(|| panic!("no build step with {instruction:?}:\n{}", self.log));
         lines
-            .take_while(|line| !line.starts_with("STEP "))
-            .any(|line| line.starts_with("--> Using cache"))
+            .take_while(|line| !is_step(line))
+            .any(|line| line.contains("--> Using cache"))
     }
+}
+
+/// A line where podman starts a step: `STEP 2/3: RUN ...`, in a multi-stage build prefixed
+/// with the stage, `[1/8] STEP 2/3: RUN ...`.
+fn is_step(line: &str) -> bool {
+    let line = match line.strip_prefix('[') {
+        Some(staged) => staged.split_once("] ").map_or("", |(_, rest)| rest),
+        None => line,
+    };
+    line.starts_with("STEP ")
 }
 
 /// Builds `target` of the Dockerfile in `context` as `tag`, with the layer cache and without
 /// pulling anything; panics with the build's output when it fails.
 pub fn build(context: &Path, target: &str, tag: &str) -> Build {
     let start = Instant::now();
-    let output = run(podman()
+    // One stream, so that each step's lines stay under it.
+    let output = run(Command::new("sh")
+        .args(["-c", r#"exec "$0" "$@" 2>&1"#])
+        .arg(repo_root().join("ci").join("podman"))
         .args([
             "build",
             "--pull=never",
@@ -79,7 +93,7 @@ pub fn build(context: &Path, target: &str, tag: &str) -> Build {
     let elapsed = start.elapsed();
     output.assert_success(&format!("podman build --target {target}"));
     Build {
-        log: format!("{}{}", output.stdout, output.stderr),
+        log: output.stdout,
         elapsed,
     }
 }
