@@ -132,7 +132,7 @@ ensure_podman() {
 # podman asks for by default are above what a sandbox allows; runc and cgroupfs work where
 # crun and systemd do not.
 pipeforce_podman_config() {
-    mkdir -p "$PIPEFORCE_PODMAN_DIR"
+    mkdir -p "$PIPEFORCE_PODMAN_DIR/tmp"
     cat >"$PIPEFORCE_PODMAN_DIR/containers.conf" <<'CONF'
 [containers]
 default_ulimits = ["nofile=16384:16384", "nproc=16384:16384"]
@@ -145,13 +145,17 @@ CONF
 }
 
 # podman with the template's storage under PIPEFORCE_PODMAN_DIR (overlay; set
-# PIPEFORCE_PODMAN_DRIVER=vfs where overlay cannot mount).
+# PIPEFORCE_PODMAN_DRIVER=vfs where overlay cannot mount), and its temp dir there too: buildah
+# keeps the builds' cache mounts (crates.io downloads) in it.
 PIPEFORCE_PODMAN_OPTIONS=(
     --root "$PIPEFORCE_PODMAN_DIR/storage" --runroot "$PIPEFORCE_PODMAN_DIR/run"
     --storage-driver "${PIPEFORCE_PODMAN_DRIVER:-overlay}"
 )
+PIPEFORCE_PODMAN_ENV=(
+    CONTAINERS_CONF="$PIPEFORCE_PODMAN_DIR/containers.conf" TMPDIR="$PIPEFORCE_PODMAN_DIR/tmp"
+)
 pipeforce_podman() {
-    CONTAINERS_CONF="$PIPEFORCE_PODMAN_DIR/containers.conf" podman "${PIPEFORCE_PODMAN_OPTIONS[@]}" "$@"
+    env "${PIPEFORCE_PODMAN_ENV[@]}" podman "${PIPEFORCE_PODMAN_OPTIONS[@]}" "$@"
 }
 
 # The base images template/Dockerfile names, made here from Debian trixie with mmdebstrap,
