@@ -217,11 +217,12 @@ ensure_base_images() {
     makers+=($!)
 
     # gcr.io/distroless/cc-debian13:nonroot: glibc, libgcc, CA certificates, the users root
-    # and nonroot (65532); no shell, no package manager, no other program.
+    # and nonroot (65532); no shell, no package manager, no other program. The packages are
+    # only extracted, so the hooks that run are the extract hooks.
     # shellcheck disable=SC2016
     make_base_image "$BASE_IMAGE_DISTROLESS" "$host" \
         --variant=extract --include=base-files,libc6,libgcc-s1 \
-        --customize-hook='rm -rf "$1"/usr/bin/* "$1"/usr/sbin/* "$1"/var/lib/apt "$1"/var/lib/dpkg \
+        --extract-hook='rm -rf "$1"/usr/bin/* "$1"/usr/sbin/* "$1"/var/lib/apt "$1"/var/lib/dpkg \
                 "$1"/var/cache/apt "$1"/usr/share/doc "$1"/usr/share/man
             mkdir -p "$1"/etc/ssl/certs "$1"/home/nonroot
             chown 65532:65532 "$1"/home/nonroot
@@ -229,7 +230,7 @@ ensure_base_images() {
                 "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin" \
                 "nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin" >"$1"/etc/passwd
             printf "%s\n" "root:x:0:" "nobody:x:65534:" "nonroot:x:65532:" >"$1"/etc/group' \
-        --customize-hook="cp '$HOST_CA_BUNDLE' \"\$1/etc/ssl/certs/ca-certificates.crt\"" \
+        --extract-hook="cp '$HOST_CA_BUNDLE' \"\$1/etc/ssl/certs/ca-certificates.crt\"" \
         -- --change 'USER 65532' --change 'WORKDIR /home/nonroot' &
     makers+=($!)
 
