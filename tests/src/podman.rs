@@ -105,7 +105,7 @@ pub fn image_size(tag: &str) -> u64 {
     output.stdout.trim().parse().expect("a size in bytes")
 }
 
-/// Every path in an image's filesystem, as `./usr/bin/…`.
+/// Every path in an image's filesystem, as `usr/bin/…` (folders end in `/`).
 pub fn image_files(tag: &str) -> Vec<String> {
     let container = format!("pipeforce-files-{}", uuid::Uuid::new_v4().simple());
     run(podman().args(["create", "--pull=never", "--name", &container, tag]))
@@ -120,7 +120,11 @@ pub fn image_files(tag: &str) -> Vec<String> {
     exported.assert_success("podman export");
     let listing = run(Command::new("tar").arg("-tf").arg(&archive));
     listing.assert_success("tar -tf");
-    listing.stdout.lines().map(str::to_owned).collect()
+    listing
+        .stdout
+        .lines()
+        .map(|path| path.trim_start_matches("./").to_owned())
+        .collect()
 }
 
 /// Runs `command` in a fresh container of `image` with the host's network, as an unprivileged

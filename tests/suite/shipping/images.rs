@@ -129,7 +129,7 @@ async fn the_service_image_runs_hardened_answers_a_greeting_and_stops_on_sigterm
 fn the_service_image_holds_no_shell_and_no_package_manager(images: &Images) {
     let files = podman::image_files(&images.service);
     assert!(
-        files.iter().any(|file| file == "./usr/local/bin/shipping"),
+        files.iter().any(|file| file == "usr/local/bin/shipping"),
         "no service binary in {files:?}"
     );
     let programs: Vec<&String> = files
