@@ -176,18 +176,40 @@ impl Drop for ContainerName {
     }
 }
 
-/// Removes the suite's images of `repository` tagged more than a day ago: what runs that
-/// ended early left behind. Their layers stay as cache while a newer image uses them.
+/// A tag for an image the suite builds into `repository`, unique to this run and saying when
+/// it was made: `<repository>:<unix seconds>-<random>`.
+pub fn run_tag(repository: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{repository}:{now}-{}", &random[..8])
+}
+
+/// Untags what earlier runs left in `repository` ([`run_tag`]s more than a day old), by tag:
+/// an image itself may be older than its tag (a build all from the cache), and layers another
+/// image or the cache uses stay.
 pub fn remove_stale_images(repository: &str) {
-    let stale = run(podman().args([
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let tags = run(podman().args([
         "images",
-        "--quiet",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
         "--filter",
         &format!("reference={repository}"),
-        "--filter",
-        "until=24h",
     ]));
-    for image in stale.stdout.split_whitespace() {
-        run(podman().args(["rmi", "--force", image]));
+    for tag in tags.stdout.split_whitespace() {
+        let made: Option<u64> = tag
+            .rsplit(':')
+            .next()
+            .and_then(|tag| tag.split('-').next())
+            .and_then(|seconds| seconds.parse().ok());
+        if made.is_some_and(|made| made + 24 * 3600 < now) {
+            run(podman().args(["untag", tag, tag]));
+        }
     }
 }

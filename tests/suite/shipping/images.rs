@@ -30,7 +30,7 @@ const REPOSITORY: &str = "localhost/pipeforce-template-suite/shipping";
 
 /// Both images of the shipping render, tagged apart from other runs of the suite that may
 /// share the storage. Left tagged at exit (what they hold is the next run's layer cache anyway)
-/// and removed by a run a day later.
+/// and untagged by a run a day later.
 struct Images {
     service: String,
     tests: String,
@@ -59,10 +59,10 @@ fn build_images() -> Images {
         .unwrap();
     copy_context(&SHIPPING.dir, context.path());
     podman::remove_stale_images(REPOSITORY);
-    let run = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    let service = podman::run_tag(REPOSITORY);
     let images = Images {
-        service: format!("{REPOSITORY}:{run}"),
-        tests: format!("{REPOSITORY}:{run}-tests"),
+        tests: format!("{service}-tests"),
+        service,
         context,
     };
     for (target, tag) in [("runtime", &images.service), ("test", &images.tests)] {
@@ -209,7 +209,7 @@ fn a_change_to_the_code_rebuilds_on_the_cached_dependency_layer(images: &Images)
         &context.path().join("src/service/hello.rs"),
         &format!("\n// Edited by the suite: {mark}\n"),
     );
-    let tag = format!("{REPOSITORY}:{}", &mark[..12]);
+    let tag = podman::run_tag(REPOSITORY);
 
     let build: Build = podman::build(context.path(), "runtime", &tag);
     podman::remove_image(&tag);
