@@ -213,3 +213,31 @@ pub fn remove_stale_images(repository: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Steps as podman 4.3 printed them for the rendered Dockerfile.
+    const LOG: &str = "\
+[1/8] STEP 1/3: FROM rust:1.95-slim-trixie AS chef
+[1/8] STEP 2/3: RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked     cargo install cargo-chef --version 0.1.78 --locked
+--> Using cache 6f1c0a2b
+[3/8] STEP 3/3: RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked     cargo chef cook --release --locked --recipe-path recipe.json
+--> Using cache 9d2e4f10
+[4/8] STEP 3/3: RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked     cargo build --release --locked --bin shipping
+   Compiling shipping v0.1.0 (/app)
+--> 0b77a4f0
+";
+
+    #[test]
+    fn a_step_is_cached_when_podman_says_so_under_it() {
+        let build = Build {
+            log: LOG.to_owned(),
+            elapsed: Duration::ZERO,
+        };
+        assert!(build.cached("cargo install cargo-chef"));
+        assert!(build.cached("cargo chef cook --release"));
+        assert!(!build.cached("cargo build --release"));
+    }
+}
