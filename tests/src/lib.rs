@@ -19,6 +19,7 @@ use tempfile::TempDir;
 pub mod amqp;
 pub mod node;
 pub mod otlp;
+pub mod podman;
 
 /// The repository: the parent of this crate.
 pub fn repo_root() -> &'static Path {

@@ -1,10 +1,10 @@
 //! Shipping a render: its Dockerfile, its run-tests scripts and its CI files, one module per
 //! concern. `ci/test` installs what they need: hadolint, shellcheck, actionlint, PyYAML,
-//! cargo-chef and cargo-nextest.
+//! cargo-nextest and podman (the base images are made on first use, see `images.rs`).
 
 mod ci_files;
-mod docker_build;
 mod dockerfile;
+mod images;
 mod junit;
 mod scripts;
 

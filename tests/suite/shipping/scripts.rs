@@ -221,7 +221,12 @@ pub(super) type TestId = (String, String);
 pub(super) fn listed_tests(command: &mut Command, dir: &Path) -> BTreeSet<TestId> {
     let output = run(command.args(["--message-format", "json"]).current_dir(dir));
     output.assert_success("cargo nextest list");
-    let listing: Value = serde_json::from_str(&output.stdout).expect("nextest's JSON listing");
+    parse_listing(&output.stdout)
+}
+
+/// The tests, not ignored, in nextest's JSON listing (`--message-format json`).
+pub(super) fn parse_listing(json: &str) -> BTreeSet<TestId> {
+    let listing: Value = serde_json::from_str(json).expect("nextest's JSON listing");
     let mut tests = BTreeSet::new();
     for (binary, suite) in listing["rust-suites"].as_object().expect("rust-suites") {
         for (name, case) in suite["testcases"].as_object().expect("testcases") {
