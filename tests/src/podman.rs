@@ -76,9 +76,11 @@ fn is_step(line: &str) -> bool {
 /// pulling anything; panics with the build's output when it fails.
 pub fn build(context: &Path, target: &str, tag: &str) -> Build {
     let start = Instant::now();
-    // One stream, so that each step's lines stay under it.
+    // One stream, so that each step's lines stay under it. At the lowest priority: a cold
+    // build compiles for many minutes beside tests that measure the broker (chaos, cluster),
+    // and the build's containers inherit it.
     let output = run(Command::new("sh")
-        .args(["-c", r#"exec "$0" "$@" 2>&1"#])
+        .args(["-c", r#"exec nice -n 19 "$0" "$@" 2>&1"#])
         .arg(repo_root().join("ci").join("podman"))
         .args([
             "build",
