@@ -32,7 +32,8 @@ async fn two_replicas_both_get_each_broadcast_and_share_the_ordinary_messages() 
             .await;
     }
 
-    let broadcasts = |lines: &[String]| lines.iter().filter(|l| l.starts_with("broadcast ")).count();
+    let broadcasts =
+        |lines: &[String]| lines.iter().filter(|l| l.starts_with("broadcast ")).count();
     let shared = |lines: &[String]| lines.iter().filter(|l| l.starts_with("shared ")).count();
     scenario
         .log
@@ -57,7 +58,10 @@ async fn two_replicas_both_get_each_broadcast_and_share_the_ordinary_messages() 
     for line in scenario.log.lines() {
         if let Some(rest) = line.strip_prefix("shared ") {
             let (replica, id) = rest.split_once(' ').unwrap();
-            handled_by.entry(id.to_owned()).or_default().push(replica.to_owned());
+            handled_by
+                .entry(id.to_owned())
+                .or_default()
+                .push(replica.to_owned());
         }
     }
     assert_eq!(handled_by.len(), 20, "{handled_by:?}");
@@ -124,7 +128,10 @@ async fn a_concurrency_of_one_never_runs_two_at_once_under_a_burst() {
 
     for id in 0..30 {
         scenario
-            .publish("options.serial", json!({ "id": id.to_string(), "sleep_ms": 10 }))
+            .publish(
+                "options.serial",
+                json!({ "id": id.to_string(), "sleep_ms": 10 }),
+            )
             .await;
     }
 
@@ -132,7 +139,13 @@ async fn a_concurrency_of_one_never_runs_two_at_once_under_a_burst() {
         .log
         .wait_for(
             "every run ended",
-            |lines| lines.iter().filter(|l| l.starts_with("serial-end ")).count() == 30,
+            |lines| {
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with("serial-end "))
+                    .count()
+                    == 30
+            },
             Duration::from_secs(30),
         )
         .await;
@@ -140,7 +153,9 @@ async fn a_concurrency_of_one_never_runs_two_at_once_under_a_burst() {
     // Starts and ends alternate: no run starts before the one before it ended.
     for pair in lines.chunks(2) {
         let start = pair[0].strip_prefix("serial-start ");
-        let end = pair.get(1).and_then(|line| line.strip_prefix("serial-end "));
+        let end = pair
+            .get(1)
+            .and_then(|line| line.strip_prefix("serial-end "));
         assert!(
             start.is_some() && start == end,
             "two runs overlap at {pair:?}: {lines:?}"
@@ -202,7 +217,11 @@ async fn the_asyncapi_document_shows_every_option_and_stays_valid() {
 
     let document = api_docs::document(&service.http, "/asyncapi.json").await;
 
-    assert_eq!(api_docs::asyncapi_errors(&document), "", "valid AsyncAPI 3.0");
+    assert_eq!(
+        api_docs::asyncapi_errors(&document),
+        "",
+        "valid AsyncAPI 3.0"
+    );
     let operation = &document["operations"]["OptionsProbe.publish.publish"];
     assert_eq!(operation["action"], "send", "{operation}");
     let channel = &document["channels"]["OptionsProbe.publish.publish"];
@@ -210,8 +229,7 @@ async fn the_asyncapi_document_shows_every_option_and_stays_valid() {
     let message = channel["messages"]["Echo"]["$ref"].as_str().unwrap();
     assert_eq!(message, "#/components/messages/Echo");
     assert_eq!(
-        document["components"]["messages"]["Echo"]["payload"]["$ref"],
-        "#/components/schemas/Echo",
+        document["components"]["messages"]["Echo"]["payload"]["$ref"], "#/components/schemas/Echo",
         "the published value's schema, derived from the code"
     );
     let description = |id: &str| {
@@ -221,8 +239,9 @@ async fn the_asyncapi_document_shows_every_option_and_stays_valid() {
             .to_owned()
     };
     assert!(
-        description("OptionsProbe.broadcast")
-            .contains("every replica gets each message; messages sent while no replica runs are not kept"),
+        description("OptionsProbe.broadcast").contains(
+            "every replica gets each message; messages sent while no replica runs are not kept"
+        ),
         "{}",
         description("OptionsProbe.broadcast")
     );
