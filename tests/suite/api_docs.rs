@@ -13,7 +13,7 @@ use template_tests::{repo_root, run};
 
 use crate::{DEFAULT_BINARY, probe::Scenario};
 
-async fn document(http: &str, path: &str) -> Value {
+pub(crate) async fn document(http: &str, path: &str) -> Value {
     reqwest::get(format!("{http}{path}"))
         .await
         .unwrap()
@@ -23,7 +23,7 @@ async fn document(http: &str, path: &str) -> Value {
 }
 
 /// Validates `document` against the AsyncAPI 3.0 JSON schema; the errors, if any.
-fn asyncapi_errors(document: &Value) -> String {
+pub(crate) fn asyncapi_errors(document: &Value) -> String {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), document.to_string()).unwrap();
     let schema = repo_root().join("tests/fixtures/asyncapi-3.0.0.schema.json");

@@ -9,6 +9,7 @@ mod chaos;
 mod cluster;
 mod exposure;
 mod fuzz;
+mod handler_options;
 mod hooks;
 mod http_abuse;
 mod hub;

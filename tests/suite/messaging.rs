@@ -281,7 +281,7 @@ async fn a_request_gets_its_reply_and_an_unanswered_one_times_out() {
     assert!(lines.contains(&"ask-timeout q-1".to_owned()), "{lines:?}");
 }
 
-async fn wait_for_dead_letters(
+pub(crate) async fn wait_for_dead_letters(
     scenario: &Scenario,
     count: usize,
 ) -> Vec<template_tests::amqp::DeadLetter> {

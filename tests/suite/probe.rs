@@ -1,6 +1,7 @@
-//! A rendered service with probe handlers (`tests/fixtures/probe.rs`) that record each run in
-//! a log file, and [`Scenario`]: one test's names on the broker, its log, and processes of
-//! that service.
+//! A rendered service with probe handlers (`tests/fixtures/probe.rs`, and those with
+//! `#[event]` options in `tests/fixtures/options_probe.rs`) that record each run in a log
+//! file, and [`Scenario`]: one test's names on the broker, its log, and processes of that
+//! service.
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +26,11 @@ pub static PROBE_SERVICE: LazyLock<(Rendered, PathBuf)> = LazyLock::new(|| {
         &rendered.dir,
         "probe",
         &repo_root().join("tests/fixtures/probe.rs"),
+    );
+    add_service_module(
+        &rendered.dir,
+        "options_probe",
+        &repo_root().join("tests/fixtures/options_probe.rs"),
     );
     rendered
         .cargo(&["build", "--locked"])

@@ -70,12 +70,20 @@ impl App {
             publishes: &registered.publishes,
         });
         let openapi = http::docs::openapi(&config.service, &config.version, registered.apis);
-        let dispatcher = new_dispatcher(registered.handlers, publisher.clone(), messaging);
+        // Broadcast handlers get a queue of each replica's own, and a dispatcher of their own.
+        let (broadcast, shared): (Vec<Handler>, Vec<Handler>) = registered
+            .handlers
+            .into_iter()
+            .partition(Handler::is_broadcast);
+        let dispatcher = new_dispatcher(shared, publisher.clone(), messaging);
+        let broadcast = (!broadcast.is_empty())
+            .then(|| Arc::new(new_dispatcher(broadcast, publisher.clone(), messaging)));
 
         let consumer = Consumer {
             config: messaging.clone(),
             service: config.service.clone(),
             dispatcher: Arc::new(dispatcher),
+            broadcast,
             publisher: publisher.clone(),
             connection,
             ready: readiness.condition("messaging"),
@@ -191,7 +199,12 @@ fn new_dispatcher(
     });
     for handler in dispatcher.handlers() {
         let patterns: Vec<&str> = handler.patterns().iter().map(|p| p.as_str()).collect();
-        info!(handler = handler.name(), ?patterns, "registered handler");
+        info!(
+            handler = handler.name(),
+            ?patterns,
+            broadcast = handler.is_broadcast(),
+            "registered handler"
+        );
     }
     dispatcher
 }

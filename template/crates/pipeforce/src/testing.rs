@@ -50,6 +50,11 @@ use crate::{
 pub const TEST_EXCHANGE: &str = "pipeforce.topic.default";
 
 /// An in-process stand-in for RabbitMQ, for unit tests of handlers.
+///
+/// `#[event]` options apply as in the service: a `publish = "key"` result shows in
+/// [`Delivered::published`], a handler's own `retries` and `timeout_secs` win over the
+/// broker's, and `concurrency` limits deliveries made at once. A `broadcast` handler runs
+/// like any other: the broker plays one replica.
 pub struct TestBroker {
     dispatcher: Dispatcher,
     publisher: Publisher,

@@ -2,9 +2,12 @@
 //!
 //! It is generated from what the service actually registered, so it cannot drift from the
 //! code: one channel per binding pattern of every handler (a `receive` operation), one per
-//! declared publish (a `send` operation), the topic exchange and the service queue as AMQP
-//! bindings, and each body's JSON schema where its type derives `utoipa::ToSchema` (the same
-//! schemas as the OpenAPI document).
+//! handler that publishes its result (`publish = "key"`, a `send` operation with the schema
+//! of the value the handler returns) and one per declared publish, the topic exchange and the
+//! service queue as AMQP bindings, and each body's JSON schema where its type derives
+//! `utoipa::ToSchema` (the same schemas as the OpenAPI document). The other `#[event]`
+//! options (`broadcast`, `retries`, `timeout_secs`, `concurrency`) are in the receiving
+//! channel's description.
 
 use serde_json::{Map, Value, json};
 
@@ -90,21 +93,20 @@ impl Parts {
         }
     }
 
-    /// A `receive` operation on a channel of its own for each of `handler`'s patterns.
+    /// A `receive` operation on a channel of its own for each of `handler`'s patterns, and a
+    /// `send` operation for the result it publishes, if it does.
     fn receive(&mut self, handler: &Handler, queue: &str) {
         let message = handler
             .body()
             .map(|body| add_message(&mut self.messages, &mut self.schemas, body));
+        let description = receive_description(handler, queue);
         for (index, pattern) in handler.patterns().iter().enumerate() {
             let id = channel_id(handler.name(), index, handler.patterns().len());
             self.channels.insert(
                 id.clone(),
                 channel(
                     pattern.as_str(),
-                    &format!(
-                        "Bound to the service queue `{queue}`; handled by `{}`.",
-                        handler.name()
-                    ),
+                    &description,
                     message.as_deref(),
                     &self.exchange,
                 ),
@@ -112,6 +114,29 @@ impl Parts {
             self.operations.insert(
                 id.clone(),
                 operation("receive", &id, handler.name(), message.as_deref()),
+            );
+        }
+        if let Some(publish) = &handler.options().publish {
+            let message = add_message(&mut self.messages, &mut self.schemas, &publish.body);
+            let id = format!("{}.publish", channel_id(handler.name(), 0, 1));
+            self.channels.insert(
+                id.clone(),
+                channel(
+                    publish.routing_key,
+                    &format!(
+                        "Published to the topic exchange by `{}` with the value it returns \
+                         (`publish = \"{}\"`), confirmed before the message it handled is \
+                         acked.",
+                        handler.name(),
+                        publish.routing_key
+                    ),
+                    Some(&message),
+                    &self.exchange,
+                ),
+            );
+            self.operations.insert(
+                id.clone(),
+                operation("send", &id, handler.name(), Some(&message)),
             );
         }
     }
@@ -134,6 +159,40 @@ impl Parts {
             operation("send", &id, &publish.routing_key, Some(&message)),
         );
     }
+}
+
+/// Where `handler`'s messages come from, and what its `#[event]` options change.
+fn receive_description(handler: &Handler, queue: &str) -> String {
+    let options = handler.options();
+    let mut description = if options.broadcast {
+        format!(
+            "Broadcast: bound to a queue of each running replica (server-named, exclusive, \
+             auto-delete), so every replica gets each message; messages sent while no replica \
+             runs are not kept. Handled by `{}`.",
+            handler.name()
+        )
+    } else {
+        format!(
+            "Bound to the service queue `{queue}`; handled by `{}`.",
+            handler.name()
+        )
+    };
+    if let Some(retries) = options.retries {
+        description.push_str(&format!(" Retries after a failure: {retries} (`retries`)."));
+    }
+    if let Some(timeout) = options.timeout {
+        description.push_str(&format!(
+            " Time limit per run: {} s (`timeout_secs`).",
+            timeout.as_secs()
+        ));
+    }
+    if let Some(limit) = &options.concurrency {
+        description.push_str(&format!(
+            " Runs at once per replica: at most {} (`concurrency`).",
+            limit.limit()
+        ));
+    }
+    description
 }
 
 /// One server per broker address.

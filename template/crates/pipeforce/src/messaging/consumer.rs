@@ -13,6 +13,10 @@
 //! broker blocks publishers (a memory or disk alarm). The session ends, and both are closed,
 //! when either fails or the service stops.
 //!
+//! With `broadcast` handlers, the session also consumes from a queue of this replica's own
+//! (`broadcast`), on the same channel: their deliveries are settled like the others, by a
+//! dispatcher of the broadcast handlers only.
+//!
 //! Graceful shutdown: cancel the consumer so the broker stops delivering, let running handlers
 //! finish (bounded by the shutdown timeout, which the whole shutdown keeps to), flush the
 //! acks, close channel and connections. Messages that were prefetched but not started, and
@@ -35,7 +39,14 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, warn};
 
-use super::{Publisher, acks::Acks, dispatch::Dispatcher, settle::Settle, topology};
+use super::{
+    Publisher,
+    acks::Acks,
+    broadcast::{self, Broadcast},
+    dispatch::Dispatcher,
+    settle::Settle,
+    topology,
+};
 use crate::{
     config::{BrokerAddress, MessagingConfig},
     health::Condition,
@@ -60,6 +71,9 @@ pub(crate) struct Consumer {
     pub(crate) config: MessagingConfig,
     pub(crate) service: String,
     pub(crate) dispatcher: Arc<Dispatcher>,
+    /// The `broadcast` handlers, consumed from a queue of this replica's own; `None` when
+    /// there are none.
+    pub(crate) broadcast: Option<Arc<Dispatcher>>,
     pub(crate) publisher: Publisher,
     /// The current session's publishing connection, for the [`Publisher`].
     pub(crate) connection: watch::Sender<Option<Arc<Connection>>>,
@@ -176,6 +190,15 @@ impl Consumer {
             Ok(started) => started,
             Err(error) => return lost(error),
         };
+        let broadcast_consumer = match &self.broadcast {
+            Some(dispatcher) => {
+                match broadcast::consume(&channel, &self.config, dispatcher, &consumer_tag).await {
+                    Ok(consumer) => Some(consumer),
+                    Err(error) => return lost(error),
+                }
+            }
+            None => None,
+        };
 
         self.connection.send_replace(connections.publish.clone());
         self.ready.set(true);
@@ -190,19 +213,33 @@ impl Consumer {
         let batch = usize::from(self.config.prefetch / 4).clamp(1, 50);
         let (acks, ack_task) = Acks::spawn(channel.clone(), batch, ACK_INTERVAL);
         let session_over = stopping.child_token();
-        let settle = Arc::new(Settle::new(
-            Arc::clone(&self.dispatcher),
-            self.publisher.clone(),
-            self.config.dead_letter_queue.clone(),
-            Arc::clone(&connection),
-            channel.clone(),
-            acks,
-            session_over.clone(),
-        ));
+        let settle_with = |dispatcher: &Arc<Dispatcher>| {
+            Arc::new(Settle::new(
+                Arc::clone(dispatcher),
+                self.publisher.clone(),
+                self.config.dead_letter_queue.clone(),
+                Arc::clone(&connection),
+                channel.clone(),
+                acks.clone(),
+                session_over.clone(),
+            ))
+        };
+        let settle = settle_with(&self.dispatcher);
+        let (broadcast_tag, broadcast) = match (broadcast_consumer, &self.broadcast) {
+            (Some((tag, deliveries)), Some(dispatcher)) => (
+                Some(tag),
+                Some(Broadcast {
+                    deliveries,
+                    settle: settle_with(dispatcher),
+                }),
+            ),
+            _ => (None, None),
+        };
         let in_flight = TaskTracker::new();
         let ended = receive(
             deliveries,
             &settle,
+            broadcast,
             &in_flight,
             connections.publish.clone(),
             stopping,
@@ -221,6 +258,10 @@ impl Consumer {
             };
         }
         let close_by = Instant::now() + self.shutdown_timeout;
+        if let Some(tag) = &broadcast_tag {
+            let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+            let _ = tokio::time::timeout_at(close_by, cancel).await;
+        }
         self.stop_handlers(&channel, &consumer_tag, &in_flight, close_by)
             .await;
         // Handlers still running are left behind: what they complete from now on is not
@@ -354,6 +395,7 @@ fn reconnect_delays() -> impl Iterator<Item = Duration> {
 async fn receive(
     mut deliveries: lapin::Consumer,
     settle: &Arc<Settle>,
+    mut broadcast: Option<Broadcast>,
     in_flight: &TaskTracker,
     publish_connection: Option<Arc<Connection>>,
     stopping: &CancellationToken,
@@ -377,6 +419,16 @@ async fn receive(
                 Some(Err(error)) => break Some(error.to_string()),
                 None => break Some(
                     "the broker cancelled the consumer (was the queue deleted?)".to_owned(),
+                ),
+            },
+            delivery = broadcast::next(&mut broadcast) => match delivery {
+                Some(Ok((delivery, settle))) => {
+                    in_flight.spawn(settle.handle(delivery));
+                }
+                Some(Err(error)) => break Some(error.to_string()),
+                None => break Some(
+                    "the broker cancelled the broadcast consumer (was its queue deleted?)"
+                        .to_owned(),
                 ),
             },
         }

@@ -270,13 +270,25 @@ impl Dispatcher {
         let Attempt {
             handler, metrics, ..
         } = attempt;
+        // Held through the retries: with `concurrency = 1`, a failing message is settled
+        // before the handler's next one starts.
+        let _turn = match &handler.options().concurrency {
+            Some(limit) => tokio::select! {
+                turn = limit.turn() => Some(turn),
+                () = attempt.stopping.cancelled() => {
+                    metrics.abandoned.increment(1);
+                    return Err(Outcome::Abandoned);
+                }
+            },
+            None => None,
+        };
         let mut run = first_run;
-        let mut delays = self.retry.delays();
+        let mut delays = self.retry_policy(handler).delays();
         let mut attempts = 0;
         loop {
             attempts += 1;
             let started = Instant::now();
-            let result = self.run(run).await;
+            let result = self.run(handler, run).await;
             metrics.duration.record(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(reply) => {
@@ -301,7 +313,7 @@ impl Dispatcher {
             let Some(delay) = delays.next().filter(|_| error.is_retryable()) else {
                 return Err(dead_letter(failed()));
             };
-            if !self.retry_fits(attempt.delivered, delay) {
+            if !self.retry_fits(attempt.delivered, delay, self.run_limit(handler)) {
                 return Err(dead_letter(format!(
                     "{}; not retried, since another attempt could not finish before the \
                      broker's consumer timeout (PIPEFORCE_MESSAGING_CONSUMER_TIMEOUT_SECS)",
@@ -328,14 +340,38 @@ impl Dispatcher {
         }
     }
 
+    /// The retry policy of `handler`: the service's, or its own count (`retries = N`).
+    fn retry_policy(&self, handler: &Handler) -> RetryPolicy {
+        match handler.options().retries {
+            Some(max_retries) => RetryPolicy {
+                max_retries,
+                ..self.retry
+            },
+            None => self.retry,
+        }
+    }
+
+    /// The time limit of one run of `handler`: its own (`timeout_secs = N`) or the service's.
+    fn run_limit(&self, handler: &Handler) -> Option<Duration> {
+        handler.options().timeout.or(self.limits.handler)
+    }
+
     /// One handler run, within the handler time limit; a panic or overrun is a failure.
-    async fn run(&self, run: HandlerFuture) -> Result<Option<Vec<u8>>, HandlerError> {
+    async fn run(
+        &self,
+        handler: &Handler,
+        run: HandlerFuture,
+    ) -> Result<Option<Vec<u8>>, HandlerError> {
         let guarded = AssertUnwindSafe(run).catch_unwind();
-        let result = match self.limits.handler {
+        let result = match self.run_limit(handler) {
             Some(limit) => tokio::time::timeout(limit, guarded).await.map_err(|_| {
+                let setting = if handler.options().timeout.is_some() {
+                    "timeout_secs of its #[event]"
+                } else {
+                    "PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS"
+                };
                 HandlerError::new(format!(
-                    "the handler did not finish within {} s \
-                     (PIPEFORCE_MESSAGING_HANDLER_TIMEOUT_SECS)",
+                    "the handler did not finish within {} s ({setting})",
                     limit.as_secs()
                 ))
             })?,
@@ -349,15 +385,14 @@ impl Dispatcher {
         })
     }
 
-    /// Whether a retry after `delay` (and its run, up to the handler time limit) can end
-    /// before the broker's consumer timeout, for a message delivered at `delivered`.
-    fn retry_fits(&self, delivered: Instant, delay: Duration) -> bool {
+    /// Whether a retry after `delay` (and its run, up to `run_limit`) can end before the
+    /// broker's consumer timeout, for a message delivered at `delivered`.
+    fn retry_fits(&self, delivered: Instant, delay: Duration, run_limit: Option<Duration>) -> bool {
         let Some(consumer_timeout) = self.limits.consumer else {
             return true;
         };
         let deadline = delivered + consumer_timeout - TimeLimits::margin(consumer_timeout);
-        let handler = self.limits.handler.unwrap_or_default();
-        Instant::now() + delay + handler <= deadline
+        Instant::now() + delay + run_limit.unwrap_or_default() <= deadline
     }
 }
 
@@ -421,10 +456,11 @@ mod tests {
             consumer: Some(Duration::from_secs(1800)),
         });
         let now = Instant::now();
-        assert!(dispatcher.retry_fits(now, Duration::from_secs(60)));
+        let run_limit = dispatcher.limits.handler;
+        assert!(dispatcher.retry_fits(now, Duration::from_secs(60), run_limit));
         // 1800 s minus the 60 s margin leaves 1740 s: 1700 s in, 60 s of delay and 60 s of
         // run do not fit.
         let long_ago = now.checked_sub(Duration::from_secs(1700)).unwrap();
-        assert!(!dispatcher.retry_fits(long_ago, Duration::ZERO));
+        assert!(!dispatcher.retry_fits(long_ago, Duration::ZERO, run_limit));
     }
 }

@@ -8,7 +8,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use serde::Serialize;
 
-use super::{BodyDoc, Context, DecodeError, pattern::Pattern};
+use super::{BodyDoc, Context, DecodeError, options::HandlerOptions, pattern::Pattern};
 /// A type whose methods handle messages: implemented by `#[service]` on an `impl` block.
 pub trait Service: Send + Sync + 'static {
     /// One [`Handler`] per `#[event(...)]` method.
@@ -28,6 +28,8 @@ pub struct Handler {
     name: &'static str,
     patterns: Vec<Pattern>,
     body: Option<BodyDoc>,
+    /// What `#[event]` options say beyond the patterns (`options`).
+    pub(super) options: HandlerOptions,
     call: Box<Call>,
 }
 
@@ -57,6 +59,7 @@ impl Handler {
             name,
             patterns,
             body: None,
+            options: HandlerOptions::default(),
             call: Box::new(call),
         }
     }
@@ -100,6 +103,7 @@ impl fmt::Debug for Handler {
         f.debug_struct("Handler")
             .field("name", &self.name)
             .field("patterns", &self.patterns)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }

@@ -5,12 +5,15 @@
 //! - [`pattern`]: RabbitMQ's routing-key matching (`*` one word, `#` zero or more).
 //! - `handler`: what `#[service]` generates against: [`Service`], [`Handler`],
 //!   [`HandlerError`] and replies.
+//! - `options`: the `#[event]` options beside the patterns (`publish`, `retries`,
+//!   `timeout_secs`, `broadcast`, `concurrency`), kept in each [`Handler`].
 //! - `message`: [`Message`] as received, and reading its headers.
 //! - `context`: [`Context`], what a handler can read about its message and how it publishes.
 //! - `decode`: a body into the handler's parameter type (text, bytes or JSON).
 //! - [`asyncapi`]: the AsyncAPI document, from the handlers' bodies (`body_doc`).
 //! - `dispatch`: from a message to an [`Outcome`]: matching, decoding, running, retrying.
-//! - `consumer`: the connections, the topology (`topology`), consuming, reconnecting.
+//! - `consumer`: the connections, the topology (`topology`), consuming, reconnecting;
+//!   `broadcast`: the queue of this replica's own for `broadcast` handlers.
 //! - `settle`: one delivery from receiving to settling: dispatch, replies, dead letters.
 //! - `acks`: coalescing acks into `multiple=true` runs.
 //! - `publisher`: [`Publisher`], with publisher confirms and direct reply-to.
@@ -29,12 +32,14 @@
 mod acks;
 pub mod asyncapi;
 mod body_doc;
+mod broadcast;
 mod consumer;
 mod context;
 mod decode;
 mod dispatch;
 mod handler;
 mod message;
+mod options;
 pub mod pattern;
 mod publisher;
 mod settle;
@@ -60,5 +65,6 @@ pub mod __private {
         body_doc::{BodyOf, BodyOfJson, BodyOfRaw, BodyOfSchema},
         decode::{Decode, DecodeJson, DecodeRaw},
         handler::{IntoHandlerResult, Reply, ReplyJson, ReplyNone},
+        options::publish_result,
     };
 }

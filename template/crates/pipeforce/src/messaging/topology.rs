@@ -7,7 +7,11 @@
 //!   messages published while the service restarts wait for it; its dead-letter arguments
 //!   point at the dead-letter queue, so anything the broker itself dead-letters (a quorum
 //!   queue's delivery limit, a rejected message) ends up there too;
-//! - one binding per handler pattern.
+//! - one binding per handler pattern;
+//! - with `broadcast` handlers, a queue of this replica's own: server-named, exclusive (it
+//!   goes with the consuming connection) and auto-delete, bound with their patterns, so every
+//!   running replica gets each message. It is declared anew with every session; what is sent
+//!   while no replica runs, or while a replica reconnects, is not kept for it.
 //!
 //! Bindings of handlers that were removed are left in place: AMQP 0-9-1 cannot list a queue's
 //! bindings, and removing one a still-running older replica relies on would lose its messages
@@ -80,6 +84,39 @@ pub(crate) async fn declare(
             .await?;
     }
     Ok(())
+}
+
+/// Declares this replica's broadcast queue on the consuming `channel` and binds it with
+/// `patterns` (of the `broadcast` handlers); returns the name the broker gave it.
+pub(crate) async fn declare_broadcast_queue(
+    channel: &Channel,
+    config: &MessagingConfig,
+    patterns: &[&str],
+) -> Result<String, lapin::Error> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().as_str().to_owned();
+    for pattern in patterns {
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                config.exchange.as_str().into(),
+                (*pattern).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(name)
 }
 
 /// Declares the service queue with every argument this version sets. A queue an older
