@@ -98,17 +98,8 @@ pub(super) fn provider(config: &Config) -> Result<SdkTracerProvider, Error> {
 }
 
 fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, Error> {
-    let exporter_error = |error: opentelemetry_otlp::ExporterBuildError| {
-        // The error may quote the endpoint.
-        Error::Telemetry(masked(&format!("cannot set up the OTLP exporter: {error}")))
-    };
     match otlp.protocol {
-        // tonic needs the Tokio runtime this runs in.
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(&otlp.endpoint)
-            .build()
-            .map_err(exporter_error),
+        OtlpProtocol::Grpc => grpc_exporter(otlp),
         protocol => {
             let protocol = if protocol == OtlpProtocol::HttpJson {
                 opentelemetry_otlp::Protocol::HttpJson
@@ -130,6 +121,37 @@ fn otlp_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, 
             .map_err(|_| Error::Telemetry("building the OTLP exporter panicked".to_owned()))?
         }
     }
+}
+
+fn exporter_error(error: opentelemetry_otlp::ExporterBuildError) -> Error {
+    // The error may quote the endpoint.
+    Error::Telemetry(masked(&format!("cannot set up the OTLP exporter: {error}")))
+}
+
+/// The gRPC exporter (tonic), which needs the Tokio runtime this runs in.
+#[cfg(feature = "otlp-grpc")]
+fn grpc_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, Error> {
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(&otlp.endpoint)
+        .build()
+        .map_err(exporter_error)
+}
+
+/// The gRPC stack (tonic, h2, prost) is a third of a cold build and http/protobuf is the
+/// default, so it is compiled only with the `otlp-grpc` feature: without it, asking for gRPC
+/// stops the service at start rather than leaving it without traces.
+#[cfg(not(feature = "otlp-grpc"))]
+fn grpc_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, Error> {
+    let variable = otlp
+        .protocol_variable
+        .as_deref()
+        .unwrap_or("OTEL_EXPORTER_OTLP_PROTOCOL");
+    Err(Error::Telemetry(format!(
+        "{variable}=grpc asks for the OTLP/gRPC exporter, but this service was built without \
+         it: add features = [\"otlp-grpc\"] to the pipeforce dependency in Cargo.toml, or set \
+         {variable}=http/protobuf and the collector's OTLP/HTTP port (4318)"
+    )))
 }
 
 /// Wraps the exporter so that an unreachable or failing collector is logged once per outage,
