@@ -181,8 +181,15 @@ async fn an_http_request_continues_its_callers_trace_and_probes_make_no_spans_or
         .collect();
     assert_eq!(http_spans, ["GET /greetings/stats"], "probes make no span");
     let logs = service.logs();
-    let served: Vec<&str> = logs.lines().filter(|line| line.contains("served")).collect();
-    assert_eq!(served.len(), 1, "one log line, the user endpoint's:\n{logs}");
+    let served: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("served"))
+        .collect();
+    assert_eq!(
+        served.len(),
+        1,
+        "one log line, the user endpoint's:\n{logs}"
+    );
     assert!(served[0].contains("/greetings/stats"), "{logs}");
 }
 

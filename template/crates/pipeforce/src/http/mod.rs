@@ -82,7 +82,9 @@ pub(crate) fn routes(
     // Kubernetes probes and Prometheus scrapes hit these every few seconds on every pod: they
     // are answered first and bare, without a span, trace context, metrics or log line, which
     // would cost more than the answer and tell nothing.
-    let probes = health(endpoints.readiness).or(metrics(endpoints.metrics)).unify();
+    let probes = health(endpoints.readiness)
+        .or(metrics(endpoints.metrics))
+        .unify();
 
     let mut routes: Routes = docs::routes(&endpoints.openapi, &endpoints.asyncapi).boxed();
     for service_routes in endpoints.services {
