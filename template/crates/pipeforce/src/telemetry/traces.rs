@@ -141,9 +141,9 @@ fn grpc_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, 
         .map_err(exporter_error)
 }
 
-/// The gRPC stack (tonic, h2, prost) is a third of a cold build and http/protobuf is the
-/// default, so it is compiled only with the `otlp-grpc` feature: without it, asking for gRPC
-/// stops the service at start rather than leaving it without traces.
+/// http/protobuf is the default, so the gRPC stack (tonic, h2) is compiled only with the
+/// `otlp-grpc` feature: without it, asking for gRPC stops the service at start rather than
+/// leaving it without traces.
 #[cfg(not(feature = "otlp-grpc"))]
 fn grpc_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, Error> {
     let variable = otlp
