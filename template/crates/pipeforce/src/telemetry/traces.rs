@@ -152,8 +152,9 @@ fn grpc_exporter(otlp: &OtlpExport) -> Result<opentelemetry_otlp::SpanExporter, 
         .unwrap_or("OTEL_EXPORTER_OTLP_PROTOCOL");
     Err(Error::Telemetry(format!(
         "{variable}=grpc asks for the OTLP/gRPC exporter, but this service was built without \
-         it: add features = [\"otlp-grpc\"] to the pipeforce dependency in Cargo.toml, or set \
-         {variable}=http/protobuf and the collector's OTLP/HTTP port (4318)"
+         the `otlp-grpc` feature: add features = [\"otlp-grpc\"] to the pipeforce dependency \
+         in Cargo.toml, or set {variable}=http/protobuf and the collector's OTLP/HTTP port \
+         (4318)"
     )))
 }
 
