@@ -1,22 +1,19 @@
-//! A minimal OpenTelemetry collector: an OTLP/gRPC trace receiver on a free local port that
-//! keeps every span it gets, built on `opentelemetry-proto`'s generated server types.
+//! A minimal OpenTelemetry collector: an OTLP/HTTP trace receiver (`http/protobuf`, the
+//! service's default protocol) on a local port that keeps every span it gets, built on
+//! `opentelemetry-proto`'s generated message types and a wiremock server.
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
+    collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse},
     common::v1::{AnyValue, KeyValue, any_value::Value},
 };
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use prost::Message;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 /// A span as the receiver got it, ids in lowercase hex.
 #[derive(Debug, Clone)]
@@ -38,13 +35,11 @@ struct Collector {
     keep: bool,
 }
 
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let request = request.into_inner();
+impl Respond for Collector {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let Ok(request) = ExportTraceServiceRequest::decode(request.body.as_slice()) else {
+            return ResponseTemplate::new(400);
+        };
         let count: usize = request
             .resource_spans
             .iter()
@@ -53,9 +48,18 @@ impl TraceService for Collector {
             .sum();
         self.count
             .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-        if !self.keep {
-            return Ok(tonic::Response::new(ExportTraceServiceResponse::default()));
+        if self.keep {
+            self.keep_spans(request);
         }
+        ResponseTemplate::new(200).set_body_raw(
+            ExportTraceServiceResponse::default().encode_to_vec(),
+            "application/x-protobuf",
+        )
+    }
+}
+
+impl Collector {
+    fn keep_spans(&self, request: ExportTraceServiceRequest) {
         let mut received = Vec::new();
         for resource_spans in request.resource_spans {
             let resource = resource_spans
@@ -76,7 +80,6 @@ impl TraceService for Collector {
             }
         }
         self.spans.lock().unwrap().extend(received);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
@@ -104,9 +107,9 @@ fn attributes(attributes: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The receiver; it stops with the test's runtime.
+/// The receiver; it stops when dropped.
 pub struct OtlpReceiver {
-    address: SocketAddr,
+    server: MockServer,
     collector: Collector,
 }
 
@@ -122,24 +125,29 @@ impl OtlpReceiver {
     }
 
     async fn listen(port: u16, keep: bool) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
-        let address = listener.local_addr().expect("address");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        // A benchmark sends hundreds of thousands of spans: keep none of the requests.
+        let server = MockServer::builder()
+            .listener(listener)
+            .disable_request_recording()
+            .start()
+            .await;
         let collector = Collector {
             keep,
             ..Collector::default()
         };
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
-        Self { address, collector }
+        Mock::given(matchers::method("POST"))
+            .and(matchers::path("/v1/traces"))
+            .respond_with(collector.clone())
+            .mount(&server)
+            .await;
+        Self { server, collector }
     }
 
-    /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT` (with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`).
+    /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT` (with the default protocol,
+    /// `http/protobuf`).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        self.server.uri()
     }
 
     /// How many spans arrived so far.

@@ -351,3 +351,59 @@ async fn a_quorum_queue_is_used_when_configured() {
         .unwrap_or_else(|| panic!("{queue} is listed:\n{}", output.stdout));
     assert!(line.ends_with("quorum"), "{line}");
 }
+
+/// The service offers RabbitMQ 16 KiB frames (lapin's buffers grow with the frame size): a
+/// body far larger than a frame is consumed whole, and published whole by the service.
+#[tokio::test]
+async fn bodies_many_frames_long_are_consumed_and_published_whole() {
+    let scenario = Scenario::new(&[]).await;
+    let service = scenario.start().await;
+
+    let padding = "p".repeat(300 * 1024);
+    scenario
+        .publish(
+            "probe.ok.large",
+            json!({ "id": "large-1", "padding": padding }),
+        )
+        .await;
+    scenario
+        .log
+        .wait_for(
+            "the large message is handled",
+            |lines| lines == ["ok large-1"],
+            Duration::from_secs(15),
+        )
+        .await;
+
+    // POST /greetings publishes the greeting; the service's own handler consumes it.
+    let name = "n".repeat(200 * 1024);
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/greetings", service.http))
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stats: serde_json::Value = client
+            .get(format!("{}/greetings/stats", service.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["greetings"] == 1 {
+            assert_eq!(stats["last_name"].as_str().map(str::len), Some(name.len()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the greeting was not handled: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    scenario.wait_until_queue_is_empty().await;
+}

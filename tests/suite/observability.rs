@@ -23,11 +23,11 @@ fn traceparent(trace: &str, parent: &str) -> String {
     format!("00-{trace}-{parent}-01")
 }
 
-/// Exports to `receiver` over gRPC, in batches every 100 ms.
+/// Exports to `receiver` over the default protocol (OTLP/HTTP, protobuf), in batches every
+/// 100 ms.
 fn export_to(receiver: &OtlpReceiver) -> Vec<(&'static str, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
     ]
 }
@@ -122,23 +122,38 @@ async fn a_message_continues_its_publishers_trace_into_the_handlers_own_publish(
     );
 }
 
+/// A user endpoint's request is a span in its caller's trace, with a log line; probes and
+/// scrapes, which come every few seconds, are neither, whatever headers they carry.
 #[tokio::test]
-async fn an_http_request_continues_its_callers_trace() {
+async fn an_http_request_continues_its_callers_trace_and_probes_make_no_spans_or_logs() {
     let receiver = OtlpReceiver::start().await;
-    let settings = export_to(&receiver);
+    let mut settings = export_to(&receiver);
+    settings.push(("RUST_LOG", "info,pipeforce::http=debug".to_owned()));
     let scenario = Scenario::new(&env(&settings)).await;
     let service = scenario.start().await;
+    let client = reqwest::Client::new();
+    let probe_trace = "11111111111111111111111111111111";
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let parent = "b7ad6b7169203331";
 
-    let response = reqwest::Client::new()
-        .get(format!("{}/health/live", service.http))
+    for probe in ["/health/live", "/health/ready", "/metrics"] {
+        let response = client
+            .get(format!("{}{probe}", service.http))
+            .header("traceparent", traceparent(probe_trace, parent))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{probe}");
+    }
+    let response = client
+        .get(format!("{}/greetings/stats", service.http))
         .header("traceparent", traceparent(trace, parent))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
 
+    // Spans are exported in the order they end: a probe's span would come first.
     let span = receiver
         .wait_for(
             "for the request",
@@ -146,7 +161,7 @@ async fn an_http_request_continues_its_callers_trace() {
             Duration::from_secs(15),
         )
         .await;
-    assert_eq!(span.name, "GET /health/live");
+    assert_eq!(span.name, "GET /greetings/stats");
     assert_eq!(span.parent_span_id, parent);
     assert_eq!(
         span.attributes
@@ -156,8 +171,26 @@ async fn an_http_request_continues_its_callers_trace() {
     );
     assert_eq!(
         span.attributes.get("http.route").map(String::as_str),
-        Some("/health/live")
+        Some("/greetings/stats")
     );
+    let http_spans: Vec<String> = receiver
+        .spans()
+        .into_iter()
+        .filter(|span| span.attributes.contains_key("http.route"))
+        .map(|span| span.name)
+        .collect();
+    assert_eq!(http_spans, ["GET /greetings/stats"], "probes make no span");
+    let logs = service.logs();
+    let served: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("served"))
+        .collect();
+    assert_eq!(
+        served.len(),
+        1,
+        "one log line, the user endpoint's:\n{logs}"
+    );
+    assert!(served[0].contains("/greetings/stats"), "{logs}");
 }
 
 /// The SDK reads `OTEL_TRACES_SAMPLER` itself (the service's config only checks it):
@@ -171,13 +204,13 @@ async fn the_sampler_named_in_otel_traces_sampler_decides_which_traces_are_recor
     let service = scenario.start().await;
     let sampled = "5b8efff798038103d269b633813fc60c";
     let client = reqwest::Client::new();
-    let live = format!("{}/health/live", service.http);
+    let stats = format!("{}/greetings/stats", service.http);
 
     // A new trace first, then the caller's: spans are exported in the order they end.
-    let response = client.get(&live).send().await.unwrap();
+    let response = client.get(&stats).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let response = client
-        .get(&live)
+        .get(&stats)
         .header("traceparent", traceparent(sampled, PARENT))
         .send()
         .await
@@ -249,7 +282,6 @@ async fn messages_are_handled_while_the_collector_is_unreachable_and_that_is_log
     let mut collector = HangingUpCollector::start().await;
     let scenario = Scenario::new(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ])
     .await;
@@ -375,9 +407,9 @@ async fn metrics_parse_as_prometheus_text_and_count_exactly_what_was_sent() {
     const FAILING: usize = 2;
     const REQUESTS: usize = 5;
     let handled = [("handler", "ProbeService::ok"), ("outcome", "handled")];
-    let live = [
+    let stats = [
         ("method", "GET"),
-        ("route", "/health/live"),
+        ("route", "/greetings/stats"),
         ("status", "200"),
     ];
     let before = Scrape::of(&service.http).await;
@@ -398,6 +430,9 @@ async fn metrics_parse_as_prometheus_text_and_count_exactly_what_was_sent() {
             .await;
     }
     for _ in 0..REQUESTS {
+        reqwest::get(format!("{}/greetings/stats", service.http))
+            .await
+            .unwrap();
         reqwest::get(format!("{}/health/live", service.http))
             .await
             .unwrap();
@@ -462,16 +497,21 @@ async fn metrics_parse_as_prometheus_text_and_count_exactly_what_was_sent() {
         HANDLED as f64
     );
     assert_eq!(
-        delta("pipeforce_http_requests_total", &live),
+        delta("pipeforce_http_requests_total", &stats),
         REQUESTS as f64
     );
+    let timed = [("method", "GET"), ("route", "/greetings/stats")];
     assert_eq!(
-        delta(
-            "pipeforce_http_requests_total",
-            &[("route", "/metrics"), ("status", "200")]
-        ),
-        1.0,
-        "the first scrape"
+        after.histogram_count("pipeforce_http_request_duration_seconds", &timed)
+            - before.histogram_count("pipeforce_http_request_duration_seconds", &timed),
+        REQUESTS as f64
+    );
+    let routes = after.label_sets("pipeforce_http_requests_total");
+    assert!(
+        !routes
+            .iter()
+            .any(|labels| labels.contains("/health/") || labels.contains("/metrics")),
+        "probes and scrapes are not counted: {routes:?}"
     );
     assert_eq!(after.value("pipeforce_handlers_in_flight", &[]), 0.0);
 }

@@ -222,6 +222,31 @@ fn a_taken_port_is_a_clear_start_up_error() {
     assert!(output.stderr.contains("caused by"), "{}", output.stderr);
 }
 
+/// The gRPC exporter is behind the `otlp-grpc` feature, off in a render: a service configured
+/// for gRPC says what to do instead of starting without traces.
+#[test]
+fn otlp_over_grpc_without_the_feature_stops_start_up_naming_variable_and_feature() {
+    for variable in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    ] {
+        let output = run_with_timeout(
+            std::process::Command::new(&*DEFAULT_BINARY)
+                .env("PIPEFORCE_HTTP_HOST", "127.0.0.1")
+                .env("PIPEFORCE_HTTP_PORT", "0")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+                .env(variable, "grpc"),
+            Duration::from_secs(10),
+        );
+
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = &output.stderr;
+        assert!(stderr.contains(&format!("{variable}=grpc")), "{stderr}");
+        assert!(stderr.contains("`otlp-grpc` feature"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 /// Licenses, duplicate crate versions and sources, as `deny.toml` sets them. Advisories need
 /// the RustSec database from GitHub, out of reach here: the rendered CI checks them.
 #[test]

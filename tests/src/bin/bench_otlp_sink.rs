@@ -1,6 +1,6 @@
-//! An OTLP/gRPC trace receiver for `ci/bench`: it takes every span a service exports, so the
-//! benchmark measures a service that really exports, and prints how many spans it got when
-//! it is stopped (SIGTERM or Ctrl-C).
+//! An OTLP/HTTP trace receiver (`http/protobuf`, the service's default protocol) for
+//! `ci/bench`: it takes every span a service exports, so the benchmark measures a service that
+//! really exports, and prints how many spans it got when it is stopped (SIGTERM or Ctrl-C).
 //!
 //! `bench_otlp_sink --port P`
 

@@ -123,6 +123,11 @@ impl Var {
         Self { name, value }
     }
 
+    /// The variable's full name, for messages about its value.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Whether the variable is set and not blank.
     pub(super) fn is_set(&self) -> bool {
         self.value

@@ -55,6 +55,9 @@ pub struct OtlpExport {
     /// `http/protobuf` (the default) or `http/json`. It picks the exporter's transport, so it
     /// is read here rather than left to the exporter.
     pub protocol: OtlpProtocol,
+    /// The variable that chose [`OtlpExport::protocol`], for errors about it; `None` when it
+    /// is the default.
+    pub protocol_variable: Option<String>,
 }
 
 /// OTLP's transports. The configuration names them without the exporter crate, which only a
@@ -154,14 +157,14 @@ impl TelemetryConfig {
 /// The trace-specific variables win over the generic ones; only a generic endpoint gets the
 /// signal's path appended (for HTTP), as the specification says.
 fn otlp_export(vars: &Vars, check: &mut Checker) -> Option<OtlpExport> {
-    let protocol = if vars.otel_exporter_otlp_traces_protocol.is_set() {
+    let protocol_var = if vars.otel_exporter_otlp_traces_protocol.is_set() {
         &vars.otel_exporter_otlp_traces_protocol
     } else {
         &vars.otel_exporter_otlp_protocol
     };
-    let protocol = check
-        .optional_choice(protocol, &PROTOCOLS)
-        .unwrap_or(OtlpProtocol::HttpBinary);
+    let chosen = check.optional_choice(protocol_var, &PROTOCOLS);
+    let protocol_variable = chosen.map(|_| protocol_var.name().to_owned());
+    let protocol = chosen.unwrap_or(OtlpProtocol::HttpBinary);
     let disabled = vars
         .otel_sdk_disabled
         .optional()
@@ -180,7 +183,11 @@ fn otlp_export(vars: &Vars, check: &mut Checker) -> Option<OtlpExport> {
     if generic && protocol != OtlpProtocol::Grpc {
         endpoint.push_str("/v1/traces");
     }
-    Some(OtlpExport { endpoint, protocol })
+    Some(OtlpExport {
+        endpoint,
+        protocol,
+        protocol_variable,
+    })
 }
 
 /// The SDK picks the sampler from these variables itself; a bad value is only an error here.
@@ -232,6 +239,7 @@ impl fmt::Debug for OtlpExport {
         f.debug_struct("OtlpExport")
             .field("endpoint", &masked(&self.endpoint))
             .field("protocol", &self.protocol)
+            .field("protocol_variable", &self.protocol_variable)
             .finish()
     }
 }
@@ -254,6 +262,7 @@ mod tests {
             Some(OtlpExport {
                 endpoint: "http://jaeger:4318/v1/traces".to_owned(),
                 protocol: OtlpProtocol::HttpBinary,
+                protocol_variable: None,
             })
         );
 
@@ -269,6 +278,10 @@ mod tests {
         let otlp = parsed.telemetry.otlp.unwrap();
         assert_eq!(otlp.endpoint, "http://jaeger:4317");
         assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+        assert_eq!(
+            otlp.protocol_variable.as_deref(),
+            Some("OTEL_EXPORTER_OTLP_PROTOCOL")
+        );
         assert_eq!(parsed.telemetry.service_name, "orders-blue");
         assert_eq!(
             parsed.telemetry.log_format,
@@ -300,6 +313,10 @@ mod tests {
         );
         let otlp = parsed.telemetry.otlp.unwrap();
         assert_eq!(otlp.protocol, OtlpProtocol::HttpJson);
+        assert_eq!(
+            otlp.protocol_variable.as_deref(),
+            Some("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        );
         assert_eq!(otlp.endpoint, "http://jaeger:4318/v1/traces");
 
         let error = config(&[

@@ -8,9 +8,10 @@
 //! - `GET /openapi.json`, `GET /docs`, `GET /asyncapi.json`: see [`docs`].
 //!
 //! Errors are RFC 9457 problem documents ([`Problem`]), so clients get JSON for a wrong path,
-//! method, content type or body just as for a failing endpoint. Every request is a span named
-//! `<METHOD> <route>` that continues the caller's trace (`traceparent`), and is counted and
-//! timed by method, route and status. Both labels are bounded whatever clients send: a path
+//! method, content type or body just as for a failing endpoint. Every request except a
+//! successful `GET` of the health and metrics endpoints (what probes and scrapers send, every
+//! few seconds) is a span named `<METHOD> <route>` that continues the caller's trace
+//! (`traceparent`), and is counted and timed by method, route and status. Both labels are bounded whatever clients send: a path
 //! that matches no route is `unmatched`, a method outside the standard ones `_OTHER`.
 //!
 //! # Adding endpoints
@@ -78,12 +79,14 @@ pub(crate) fn routes(
     );
     let templates = Arc::new(RouteTemplates::new(documented));
 
-    let mut routes: Routes = health(endpoints.readiness)
+    // Kubernetes probes and Prometheus scrapes hit these every few seconds on every pod: they
+    // are answered first and bare, without a span, trace context, metrics or log line, which
+    // would cost more than the answer and tell nothing.
+    let probes = health(endpoints.readiness)
         .or(metrics(endpoints.metrics))
-        .unify()
-        .or(docs::routes(&endpoints.openapi, &endpoints.asyncapi))
-        .unify()
-        .boxed();
+        .unify();
+
+    let mut routes: Routes = docs::routes(&endpoints.openapi, &endpoints.asyncapi).boxed();
     for service_routes in endpoints.services {
         routes = routes.or(service_routes).unify().boxed();
     }
@@ -92,7 +95,7 @@ pub(crate) fn routes(
         .unify()
         .recover(problem::recover)
         .unify();
-    instrument(routes, templates)
+    probes.or(instrument(routes, templates)).unify()
 }
 
 /// The HTTP methods a documented path item has operations for.

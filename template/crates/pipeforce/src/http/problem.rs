@@ -184,7 +184,7 @@ pub fn json_body_with_limit<T: DeserializeOwned + Send>(
         .untuple_one()
         .and(warp::body::content_length_limit(limit))
         .and(warp::body::bytes())
-        .and_then(|body: warp::hyper::body::Bytes| async move {
+        .and_then(|body: hyper::body::Bytes| async move {
             let mut decoder = serde_json::Deserializer::from_slice(&body);
             let value = serde_path_to_error::deserialize(&mut decoder)
                 .map_err(|error| warp::reject::custom(body_problem(&error)))?;

@@ -82,7 +82,8 @@ pub mod metric {
     /// Gauge: 1 while RabbitMQ blocks the service's publishing (a memory or disk alarm),
     /// else 0.
     pub const BROKER_BLOCKED: &str = "pipeforce_broker_blocked";
-    /// Counter: HTTP requests served, by `method`, `route` and `status`. `method` is `_OTHER`
+    /// Counter: HTTP requests served, by `method`, `route` and `status`, but for the `GET`s of
+    /// the health and metrics endpoints that probes and scrapers send. `method` is `_OTHER`
     /// for a method outside the standard ones and `route` is `unmatched` for a path outside
     /// the routes, so clients cannot add series.
     pub const HTTP_REQUESTS: &str = "pipeforce_http_requests_total";
