@@ -13,7 +13,8 @@
 //!
 //! It reads the same environment as the service (`PIPEFORCE_HUB_URL`, `PIPEFORCE_SECRET`,
 //! `PIPEFORCE_SERVICE`, `PIPEFORCE_NAMESPACE`, `PIPEFORCE_HUB_TIMEOUT_SECS`, ...) through
-//! [`pipeforce::Config`], and calls the hub with [`pipeforce::HubClient`]. It is built on
+//! [`pipeforce::Config`] (but for `PIPEFORCE_MESSAGING_USERNAME` and `..._PASSWORD`, which it
+//! forwards to the container), and calls the hub with [`pipeforce::HubClient`]. It is built on
 //! `pipeforce` without its `service` feature: posting a JSON body needs neither the broker
 //! client, nor the HTTP server, nor OpenTelemetry, and the tool builds in a fraction of the
 //! service's time.
@@ -83,7 +84,11 @@ pub fn main(target: Target) -> ExitCode {
         http_port: target.http_port,
         version: env!("CARGO_PKG_VERSION"),
     };
-    let config = match Config::from_env(defaults) {
+    // The broker credentials are the container's, forwarded as they are (an empty one, as
+    // from a CI secret that does not exist, counts as unset), not the deploy tool's own.
+    let own_environment = std::env::vars_os()
+        .filter(|(key, _)| key != broker_login::USERNAME_VAR && key != broker_login::PASSWORD_VAR);
+    let config = match Config::from_vars(defaults, own_environment) {
         Ok(config) => config,
         Err(error) => return fail(&error),
     };
