@@ -416,7 +416,7 @@ mod tests {
             ("service --env A=1 --env A=2", "--env A is given twice"),
             ("service --tag -x", "not an image tag"),
             (
-                "service --image-pull-secret -creds",
+                "service --image-pull-secret=-creds",
                 "not a Kubernetes secret name",
             ),
             (
