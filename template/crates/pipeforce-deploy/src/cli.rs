@@ -217,7 +217,9 @@ pub fn try_parse(
 ) -> Result<Command, clap::Error> {
     let mut command = Cli::command().after_help(format!(
         "This project: service {} in namespace {}, image {}:<tag>, port {}.\n\
-         The hub and the credentials come from PIPEFORCE_HUB_URL and PIPEFORCE_SECRET.",
+         The hub and the credentials come from PIPEFORCE_HUB_URL and PIPEFORCE_SECRET.\n\
+         PIPEFORCE_MESSAGING_USERNAME and PIPEFORCE_MESSAGING_PASSWORD, when set, are forwarded \
+         into the container (never printed).",
         target.service, target.namespace, target.image, target.http_port
     ));
     let matches = command.try_get_matches_from_mut(args)?;
