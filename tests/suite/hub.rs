@@ -110,6 +110,10 @@ impl Run {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("IMAGE_TAG")
+            .env_remove("PIPEFORCE_MESSAGING_USERNAME")
+            .env_remove("PIPEFORCE_MESSAGING_PASSWORD")
+            .env_remove("PIPEFORCE_IMAGE_PULL_SECRET")
+            .env_remove("PIPEFORCE_SERVICE_URL")
             .env_remove("PIPEFORCE_HUB_TIMEOUT_SECS")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -209,6 +213,8 @@ async fn deploy_service_starts_the_service_with_name_image_port_ingress_replicas
             "ingress": "hubsvc",
             "replicas": 3,
             "env": { "FEATURE": "on", "DB_PASSWORD": "pa=ss" },
+            // A re-deploy of a moving tag pulls what was pushed last.
+            "imagePullPolicy": "Always",
         })))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "status": "deployed" })))
         .expect(1)
@@ -308,6 +314,378 @@ async fn every_form_of_pipeforce_secret_becomes_the_right_authorization_header()
         assert_not_shown(&output, hidden);
         hub.verify().await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// broker credentials
+
+const BROKER_USER: &str = "svc-user-91c";
+const BROKER_PASSWORD: &str = "broker-pw-5d2e";
+
+/// The deployer's broker credentials land in the container's `env`, for both commands, and
+/// no value is printed.
+#[tokio::test]
+async fn broker_credentials_of_the_deployer_are_forwarded_into_env_and_never_printed() {
+    let hub = MockServer::start().await;
+    let forwarded = json!({ "env": {
+        "PIPEFORCE_MESSAGING_USERNAME": BROKER_USER,
+        "PIPEFORCE_MESSAGING_PASSWORD": BROKER_PASSWORD,
+    }});
+    for command in ["service.start", "service.job.start"] {
+        Mock::given(method("POST"))
+            .and(path(format!("/api/v3/command:{command}")))
+            .and(body_partial_json(&forwarded))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .named(command)
+            .mount(&hub)
+            .await;
+    }
+
+    for args in [&["service"][..], &["job", "--command", "./run.sh"][..]] {
+        let output = Run::deploy(&hub.uri())
+            .env("PIPEFORCE_MESSAGING_USERNAME", BROKER_USER)
+            .env("PIPEFORCE_MESSAGING_PASSWORD", BROKER_PASSWORD)
+            .args(args)
+            .await;
+
+        output.assert_success(&format!("deploy {args:?}"));
+        assert!(
+            output.stdout.contains(
+                "PIPEFORCE_MESSAGING_PASSWORD, PIPEFORCE_MESSAGING_USERNAME (values not shown)"
+            ),
+            "{output:?}"
+        );
+        assert!(!output.stderr.contains("as guest"), "{output:?}");
+        assert_not_shown(&output, BROKER_USER);
+        assert_not_shown(&output, BROKER_PASSWORD);
+    }
+}
+
+#[tokio::test]
+async fn broker_credentials_given_with_env_win_over_the_deployers() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .and(body_partial_json(json!({ "env": {
+            "PIPEFORCE_MESSAGING_USERNAME": BROKER_USER,
+            "PIPEFORCE_MESSAGING_PASSWORD": "given-pw-77",
+        }})))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::deploy(&hub.uri())
+        .env("PIPEFORCE_MESSAGING_USERNAME", BROKER_USER)
+        .env("PIPEFORCE_MESSAGING_PASSWORD", BROKER_PASSWORD)
+        .args(&[
+            "service",
+            "--env",
+            "PIPEFORCE_MESSAGING_PASSWORD=given-pw-77",
+        ])
+        .await;
+
+    output.assert_success("deploy service --env PIPEFORCE_MESSAGING_PASSWORD=...");
+    assert_not_shown(&output, "given-pw-77");
+}
+
+/// Without credentials the deployer learns, before the hub is called, that the service will
+/// log in as guest and how to pass them; the deploy goes on, since the cluster may provide
+/// them.
+#[tokio::test]
+async fn without_broker_credentials_deploy_says_first_that_the_service_logs_in_as_guest() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("hub down"))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    // An empty value is what a CI secret that does not exist expands to.
+    let output = Run::deploy(&hub.uri())
+        .env("PIPEFORCE_MESSAGING_PASSWORD", "")
+        .args(&["service"])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let warning = output
+        .stderr
+        .find(
+            "warning: PIPEFORCE_MESSAGING_USERNAME and PIPEFORCE_MESSAGING_PASSWORD are not \
+             set, so the service will log in to RabbitMQ as guest unless the cluster provides \
+             credentials",
+        )
+        .unwrap_or_else(|| panic!("no warning: {output:?}"));
+    let refusal = output.stderr.find("hub down").expect("the hub's answer");
+    assert!(warning < refusal, "warned after the hub call: {output:?}");
+    assert!(
+        output
+            .stderr
+            .contains("--env PIPEFORCE_MESSAGING_USERNAME=<user> --env PIPEFORCE_MESSAGING_PASSWORD=<password>"),
+        "{output:?}"
+    );
+    let calls = calls_of(&hub, "service.start").await;
+    assert_eq!(json_body(&calls[0]).get("env"), None);
+}
+
+#[tokio::test]
+async fn one_broker_credential_without_the_other_is_refused_before_any_call() {
+    let hub = MockServer::start().await;
+
+    let from_environment = Run::deploy(&hub.uri())
+        .env("PIPEFORCE_MESSAGING_PASSWORD", BROKER_PASSWORD)
+        .args(&["service"])
+        .await;
+    let from_env_flag = Run::deploy(&hub.uri())
+        .args(&[
+            "job",
+            "--command",
+            "./run.sh",
+            "--env",
+            &format!("PIPEFORCE_MESSAGING_USERNAME={BROKER_USER}"),
+        ])
+        .await;
+
+    for (output, set, missing) in [
+        (&from_environment, "PASSWORD", "USERNAME"),
+        (&from_env_flag, "USERNAME", "PASSWORD"),
+    ] {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(
+            output.stderr.contains(&format!(
+                "error: PIPEFORCE_MESSAGING_{set} is set (in this environment or with --env) \
+                 but PIPEFORCE_MESSAGING_{missing} is not"
+            )),
+            "{output:?}"
+        );
+        assert_not_shown(output, BROKER_PASSWORD);
+        assert_not_shown(output, BROKER_USER);
+    }
+    assert!(hub.received_requests().await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// pulling the image
+
+#[tokio::test]
+async fn an_image_pull_secret_is_sent_from_the_flag_or_the_environment() {
+    let hub = MockServer::start().await;
+    for (command, secret) in [
+        ("service.start", "team-registry"),
+        ("service.job.start", "ci-registry.creds"),
+    ] {
+        Mock::given(method("POST"))
+            .and(path(format!("/api/v3/command:{command}")))
+            .and(body_partial_json(json!({ "imagePullSecret": secret })))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .named(command)
+            .mount(&hub)
+            .await;
+    }
+
+    let from_flag = Run::deploy(&hub.uri())
+        .args(&["service", "--image-pull-secret", "team-registry"])
+        .await;
+    let from_variable = Run::deploy(&hub.uri())
+        .env("PIPEFORCE_IMAGE_PULL_SECRET", "ci-registry.creds")
+        .args(&["job", "--command", "./run.sh"])
+        .await;
+
+    for output in [&from_flag, &from_variable] {
+        output.assert_success("deploy with a pull secret");
+        assert!(
+            !output.stderr.contains("no pull secret is given"),
+            "{output:?}"
+        );
+    }
+    assert!(
+        from_flag
+            .stdout
+            .contains("pull:     Always, secret team-registry"),
+        "{from_flag:?}"
+    );
+}
+
+/// The render's image is in a registry of its own (registry.example.com): without a pull
+/// secret the deployer is warned why the service may never start, and the deploy goes on
+/// (a public image needs none).
+#[tokio::test]
+async fn an_image_outside_pipeforces_registry_without_a_pull_secret_gets_a_warning() {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&hub)
+        .await;
+
+    let output = Run::deploy(&hub.uri()).args(&["service"]).await;
+
+    output.assert_success("deploy service without a pull secret");
+    assert!(
+        output.stderr.contains(&format!(
+            "warning: the image {IMAGE}:latest is not in PIPEFORCE's registry \
+             (us-east1-docker.pkg.dev/pipeforce/...) and no pull secret is given"
+        )),
+        "{output:?}"
+    );
+    assert!(
+        output
+            .stderr
+            .contains("--image-pull-secret NAME or PIPEFORCE_IMAGE_PULL_SECRET"),
+        "{output:?}"
+    );
+    let body = json_body(&calls_of(&hub, "service.start").await[0]);
+    assert_eq!(body.get("imagePullSecret"), None, "{body}");
+    assert_eq!(body["imagePullPolicy"], "Always", "{body}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy service --wait-ready
+
+/// A hub that accepts `service.start` once.
+async fn accepting_hub() -> MockServer {
+    let hub = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v3/command:service.start"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "status": "deployed" })))
+        .expect(1)
+        .mount(&hub)
+        .await;
+    hub
+}
+
+async fn readiness_checks(service: &MockServer) -> usize {
+    service
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|request| request.method.as_str() == "GET" && request.url.path() == "/health/ready")
+        .count()
+}
+
+#[tokio::test]
+async fn wait_ready_polls_the_service_until_it_answers_200() {
+    // Arrange: a service that is not ready for its first two checks.
+    let hub = accepting_hub().await;
+    let service = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/health/ready"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_body_string("{\n  \"status\": \"DOWN\",\n  \"messaging\": \"DOWN\"\n}"),
+        )
+        .up_to_n_times(2)
+        .mount(&service)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/health/ready"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status":"UP"}"#))
+        .mount(&service)
+        .await;
+
+    // Act
+    let output = Run::deploy(&hub.uri())
+        .args(&[
+            "service",
+            "--wait-ready",
+            "--service-url",
+            &service.uri(),
+            "--poll-secs",
+            "0",
+        ])
+        .await;
+
+    // Assert
+    output.assert_success("deploy service --wait-ready");
+    assert_eq!(readiness_checks(&service).await, 3);
+    let ready_url = format!("{}/health/ready", service.uri());
+    for expected in [
+        format!("waiting up to 300 s for {ready_url} to answer 200"),
+        r#"503 Service Unavailable: { "status": "DOWN", "messaging": "DOWN" }"#.to_owned(),
+        format!("{ready_url} answered 200"),
+    ] {
+        assert!(output.stdout.contains(&expected), "{expected}: {output:?}");
+    }
+    // An unchanged answer is printed once, not at every check.
+    assert_eq!(
+        output.stdout.matches("not ready after").count(),
+        1,
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn wait_ready_fails_with_the_last_answer_when_the_service_never_becomes_ready() {
+    let hub = accepting_hub().await;
+    let service = MockServer::start().await;
+    // Under a path, given by the variable this time.
+    Mock::given(method("GET"))
+        .and(path("/hubsvc/health/ready"))
+        .respond_with(ResponseTemplate::new(503).set_body_string(r#"{"messaging":"DOWN"}"#))
+        .mount(&service)
+        .await;
+
+    let output = Run::deploy(&hub.uri())
+        .env(
+            "PIPEFORCE_SERVICE_URL",
+            &format!("{}/hubsvc", service.uri()),
+        )
+        .args(&[
+            "service",
+            "--wait-ready",
+            "--timeout-secs",
+            "1",
+            "--poll-secs",
+            "1",
+        ])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains(&format!(
+            "error: the service did not become ready within 1 s (--timeout-secs); the last \
+             answer of {}/hubsvc/health/ready was 503 Service Unavailable: {{\"messaging\":\"DOWN\"}}",
+            service.uri()
+        )),
+        "{output:?}"
+    );
+    assert!(
+        output.stderr.contains("hint: the hub accepted the start"),
+        "{output:?}"
+    );
+}
+
+#[tokio::test]
+async fn wait_ready_reports_why_a_service_that_cannot_be_reached_never_answered() {
+    let hub = accepting_hub().await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+
+    let output = Run::deploy(&hub.uri())
+        .args(&[
+            "service",
+            "--wait-ready",
+            "--service-url",
+            &closed,
+            "--timeout-secs",
+            "1",
+            "--poll-secs",
+            "1",
+        ])
+        .await;
+
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        output.stderr.contains(&format!(
+            "the last answer of {closed}/health/ready was no answer: error sending request"
+        )),
+        "{output:?}"
+    );
+    assert!(output.stderr.contains("Connection refused"), "{output:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -949,6 +1327,29 @@ async fn a_wrong_command_line_exits_with_2_and_says_what_is_wrong() {
         (
             &["service", "--replicas", "two"][..],
             "invalid value 'two' for '--replicas <N>'",
+        ),
+        (
+            &["service", "--image-pull-secret", "Team_Registry"][..],
+            "invalid value 'Team_Registry' for '--image-pull-secret <NAME>': not a Kubernetes \
+             secret name",
+        ),
+        (
+            &[
+                "service",
+                "--wait-ready",
+                "--service-url",
+                "ftp://svc.example",
+            ][..],
+            "invalid value 'ftp://svc.example' for '--service-url <URL>': not an http:// or \
+             https:// URL",
+        ),
+        (
+            &["service", "--service-url", "svc.example"][..],
+            "invalid value 'svc.example' for '--service-url <URL>': not a URL",
+        ),
+        (
+            &["service", "--wait-ready", "--timeout-secs", "0"][..],
+            "0 is not in 1..=86400",
         ),
     ] {
         let output = Run::deploy(&hub.uri()).args(args).await;

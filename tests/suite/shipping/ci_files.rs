@@ -112,13 +112,42 @@ fn the_github_workflow_passes_actionlint_and_runs_every_stage() {
         .expect("a deploy step");
     assert_eq!(
         deploy["run"],
-        "cargo run --locked --manifest-path deploy/Cargo.toml -- service"
-    );
-    assert_eq!(
-        deploy["env"]["PIPEFORCE_SECRET"],
-        "${{ secrets.PIPEFORCE_SECRET }}"
+        "cargo run --locked --manifest-path deploy/Cargo.toml -- service --wait-ready"
     );
     assert_eq!(deploy["env"]["IMAGE_TAG"], "${{ github.sha }}");
+    // The hub's and the broker's credentials come from secrets; the broker's go on into the
+    // service's container.
+    for secret in [
+        "PIPEFORCE_SECRET",
+        "PIPEFORCE_MESSAGING_USERNAME",
+        "PIPEFORCE_MESSAGING_PASSWORD",
+    ] {
+        assert_eq!(
+            deploy["env"][secret],
+            format!("${{{{ secrets.{secret} }}}}"),
+            "{secret}"
+        );
+    }
+    for variable in ["PIPEFORCE_IMAGE_PULL_SECRET", "PIPEFORCE_SERVICE_URL"] {
+        assert_eq!(
+            deploy["env"][variable],
+            format!("${{{{ vars.{variable} }}}}"),
+            "{variable}"
+        );
+    }
+    // In an environment: its secrets go to this job only, and GitHub shows the service's URL.
+    assert_eq!(jobs["deploy"]["environment"]["name"], "pipeforce");
+    assert_eq!(
+        jobs["deploy"]["environment"]["url"],
+        "${{ vars.PIPEFORCE_SERVICE_URL || env.PUBLIC_SERVICE_URL }}"
+    );
+    assert_eq!(
+        workflow["env"]["PUBLIC_SERVICE_URL"],
+        "https://orders-acme.pipeforce.net"
+    );
+    // The tests never see the deployment's broker credentials.
+    let integration = serde_json::to_string(&jobs["integration"]).unwrap();
+    assert!(!integration.contains("secrets."), "{integration}");
 }
 
 #[test]
@@ -155,7 +184,7 @@ fn the_gitlab_file_parses_with_the_same_stages() {
         (
             "deploy",
             "deploy",
-            "cargo run --locked --manifest-path deploy/Cargo.toml -- service",
+            "cargo run --locked --manifest-path deploy/Cargo.toml -- service --wait-ready",
         ),
     ] {
         assert_eq!(pipeline[job]["stage"], stage, "{job}");
@@ -193,6 +222,17 @@ fn the_gitlab_file_parses_with_the_same_stages() {
             .contains("$CI_DEFAULT_BRANCH"),
         "deploys from the default branch only"
     );
+    // In the environment the credentials are scoped to, so the tests never get them.
+    assert_eq!(pipeline["deploy"]["environment"]["name"], "pipeforce");
+    assert_eq!(
+        pipeline["deploy"]["environment"]["url"],
+        "$PUBLIC_SERVICE_URL"
+    );
+    assert_eq!(
+        pipeline["variables"]["PUBLIC_SERVICE_URL"],
+        "https://orders-acme.pipeforce.net"
+    );
+    assert_eq!(pipeline["integration"]["environment"], Value::Null);
 }
 
 /// Both CI files log in to the registry the image lives in, whatever `-d registry=` said.

@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, ffi::OsString, process::ExitCode, time::Duratio
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind};
 use pipeforce::names::{DNS_LABEL_RULE, is_dns_label};
+use url::Url;
 
-use crate::Target;
+use crate::{Target, image::IMAGE_PULL_SECRET_VAR, readiness::SERVICE_URL_VAR};
 
 /// Deploys this service to PIPEFORCE, or runs a job with its image, through the hub.
 #[derive(Debug, Parser)]
@@ -39,6 +40,48 @@ pub struct ServiceOptions {
         value_parser = clap::value_parser!(u32).range(0..=1_000)
     )]
     pub replicas: u32,
+    /// After the start, wait until the service's /health/ready answers 200; fail if it never
+    /// does within --timeout-secs.
+    #[arg(long = "wait-ready")]
+    pub wait_ready: bool,
+    /// Where --wait-ready finds the service [default: https://<service>-<namespace>.pipeforce.net].
+    #[arg(long = "service-url", value_name = "URL", env = SERVICE_URL_VAR, value_parser = http_url)]
+    service_url: Option<String>,
+    /// How long --wait-ready waits at most, in seconds.
+    #[arg(
+        long = "timeout-secs",
+        value_name = "S",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    timeout_secs: u64,
+    /// Seconds before the second readiness check; the wait grows from there up to 10 s.
+    #[arg(
+        long = "poll-secs",
+        value_name = "S",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u64).range(0..=3_600)
+    )]
+    poll_secs: u64,
+}
+
+impl ServiceOptions {
+    /// `--service-url`, checked by its parser; `None` when not given or empty.
+    pub fn service_url(&self) -> Option<Url> {
+        self.service_url
+            .as_deref()
+            .and_then(|url| Url::parse(url).ok())
+    }
+
+    /// `--timeout-secs`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+
+    /// `--poll-secs`.
+    pub fn poll(&self) -> Duration {
+        Duration::from_secs(self.poll_secs)
+    }
 }
 
 /// `deploy job`.
@@ -101,9 +144,25 @@ pub struct ImageOptions {
     /// An environment variable for the container; repeat for more. Values are never shown.
     #[arg(long = "env", value_name = "KEY=VALUE", allow_hyphen_values = true)]
     env: Vec<String>,
+    /// The Kubernetes secret in the namespace that holds the credentials of the image's
+    /// registry (imagePullSecret); needed for a private registry other than PIPEFORCE's.
+    #[arg(
+        long = "image-pull-secret",
+        value_name = "NAME",
+        env = IMAGE_PULL_SECRET_VAR,
+        value_parser = secret_name
+    )]
+    image_pull_secret: Option<String>,
 }
 
 impl ImageOptions {
+    /// `--image-pull-secret`; `None` when not given or empty.
+    pub fn image_pull_secret(&self) -> Option<&str> {
+        self.image_pull_secret
+            .as_deref()
+            .filter(|name| !name.is_empty())
+    }
+
     /// The `--env` variables, checked by [`parse`]: valid keys, none given twice.
     pub fn env(&self) -> BTreeMap<String, String> {
         self.env
@@ -158,7 +217,9 @@ pub fn try_parse(
 ) -> Result<Command, clap::Error> {
     let mut command = Cli::command().after_help(format!(
         "This project: service {} in namespace {}, image {}:<tag>, port {}.\n\
-         The hub and the credentials come from PIPEFORCE_HUB_URL and PIPEFORCE_SECRET.",
+         The hub and the credentials come from PIPEFORCE_HUB_URL and PIPEFORCE_SECRET.\n\
+         PIPEFORCE_MESSAGING_USERNAME and PIPEFORCE_MESSAGING_PASSWORD, when set, are forwarded \
+         into the container (never printed).",
         target.service, target.namespace, target.image, target.http_port
     ));
     let matches = command.try_get_matches_from_mut(args)?;
@@ -190,6 +251,47 @@ fn image_tag(tag: &str) -> Result<String, String> {
                 .to_owned(),
         )
     }
+}
+
+/// A Kubernetes secret's name: a DNS-1123 subdomain, i.e. lowercase letters, digits, '-' and
+/// '.', starting and ending with a letter or digit, at most 253 characters. Empty stands for
+/// none: a CI variable that is not defined expands to nothing.
+fn secret_name(name: &str) -> Result<String, String> {
+    let valid = name.is_empty()
+        || name.len() <= 253
+            && name.split('.').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(
+            "not a Kubernetes secret name: at most 253 lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit, e.g. my-registry"
+                .to_owned(),
+        )
+    }
+}
+
+/// An `http://` or `https://` URL without a query or fragment: the service's base address.
+/// Empty stands for the default, as for [`secret_name`].
+fn http_url(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let url = Url::parse(text).map_err(|error| format!("not a URL ({error})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("not an http:// or https:// URL with a host".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the service's base URL cannot have a query or a fragment".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 fn job_name(name: &str) -> Result<String, String> {
@@ -249,6 +351,40 @@ mod tests {
     }
 
     #[test]
+    fn wait_ready_has_defaults_and_empty_values_stand_for_none() {
+        let Ok(Command::Service(options)) = parsed("service") else {
+            panic!("service not parsed");
+        };
+        assert!(!options.wait_ready);
+        assert_eq!(options.service_url(), None);
+        assert_eq!(options.image.image_pull_secret(), None);
+        assert_eq!(options.timeout(), Duration::from_secs(300));
+        assert_eq!(options.poll(), Duration::from_secs(2));
+
+        let Ok(Command::Service(options)) = parsed(
+            "service --wait-ready --service-url http://localhost:8080/x --image-pull-secret \
+             reg.creds-1 --timeout-secs 60 --poll-secs 0",
+        ) else {
+            panic!("service not parsed");
+        };
+        assert!(options.wait_ready);
+        assert_eq!(
+            options.service_url().map(String::from).as_deref(),
+            Some("http://localhost:8080/x")
+        );
+        assert_eq!(options.image.image_pull_secret(), Some("reg.creds-1"));
+        assert_eq!(options.timeout(), Duration::from_secs(60));
+
+        // What an undefined CI variable gives.
+        let Ok(Command::Service(options)) = parsed("service --service-url= --image-pull-secret=")
+        else {
+            panic!("service not parsed");
+        };
+        assert_eq!(options.service_url(), None);
+        assert_eq!(options.image.image_pull_secret(), None);
+    }
+
+    #[test]
     fn job_options_have_defaults() {
         let Ok(Command::Job(job)) = parsed("job --command ./run-tests-integration.sh --wait")
         else {
@@ -281,6 +417,26 @@ mod tests {
             ("service --env 1A=x", "--env \"1A\""),
             ("service --env A=1 --env A=2", "--env A is given twice"),
             ("service --tag -x", "not an image tag"),
+            (
+                "service --image-pull-secret=-creds",
+                "not a Kubernetes secret name",
+            ),
+            (
+                "service --image-pull-secret a..b",
+                "not a Kubernetes secret name",
+            ),
+            (
+                "service --service-url localhost:8080",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "service --service-url https://x.example/?a=1",
+                "cannot have a query",
+            ),
+            (
+                "job --command x --wait-ready",
+                "unexpected argument '--wait-ready'",
+            ),
             ("job", "--command <CMD>"),
             ("job --command x --name Bad_Name", "not a valid job name"),
             (

@@ -15,18 +15,23 @@ use tokio::time::Instant;
 use crate::{
     Error, Target,
     cli::JobOptions,
+    container_env,
     job_status::{JobState, job_state, logs_text},
     names, shown,
 };
 
-/// The parameters of `service.job.start`.
+/// The parameters of `service.job.start`. `imagePullSecret` is sent only when given: the
+/// command's documentation lists it for `service.start` only.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct JobStart<'a> {
     name: &'a str,
     image: &'a str,
     command: &'a str,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     env: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_pull_secret: Option<&'a str>,
 }
 
 /// Starts the job and, with `--wait`, follows it to its end.
@@ -37,13 +42,15 @@ pub async fn run(
     options: JobOptions,
 ) -> Result<ExitCode, Error> {
     let image = format!("{}:{}", target.image, options.image.tag);
-    let env = options.image.env();
+    let env = container_env(&options.image, &image)?;
+    let pull_secret = options.image.image_pull_secret();
     let name = match &options.name {
         Some(name) => name.clone(),
         None => job_name(&config.service, &options.command, &unique_suffix()),
     };
     println!("starting job {name} in namespace {}", config.namespace);
     println!("  image:   {image}");
+    println!("  pull:    secret {}", pull_secret.unwrap_or("(none)"));
     println!("  command: {}", options.command);
     println!("  env:     {}", names(&env));
     println!("  hub:     {}", masked_url(hub.base_url()));
@@ -56,6 +63,7 @@ pub async fn run(
                 image: &image,
                 command: &options.command,
                 env: &env,
+                image_pull_secret: pull_secret,
             },
         )
         .await?;

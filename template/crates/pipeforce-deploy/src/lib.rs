@@ -4,19 +4,23 @@
 //!
 //! ```text
 //! cargo run --bin deploy -- service [--tag T] [--replicas N] [--env KEY=VALUE ...]
+//!                                   [--image-pull-secret NAME] [--wait-ready [--service-url URL]
+//!                                   [--timeout-secs S] [--poll-secs S]]
 //! cargo run --bin deploy -- job --command ./run-tests-integration.sh [--tag T] [--name N]
-//!                               [--env KEY=VALUE ...] [--wait] [--timeout-secs S] [--poll-secs S]
+//!                               [--env KEY=VALUE ...] [--image-pull-secret NAME]
+//!                               [--wait] [--timeout-secs S] [--poll-secs S]
 //! ```
 //!
 //! It reads the same environment as the service (`PIPEFORCE_HUB_URL`, `PIPEFORCE_SECRET`,
 //! `PIPEFORCE_SERVICE`, `PIPEFORCE_NAMESPACE`, `PIPEFORCE_HUB_TIMEOUT_SECS`, ...) through
-//! [`pipeforce::Config`], and calls the hub with [`pipeforce::HubClient`]. It is built on
+//! [`pipeforce::Config`] (but for `PIPEFORCE_MESSAGING_USERNAME` and `..._PASSWORD`, which it
+//! forwards to the container), and calls the hub with [`pipeforce::HubClient`]. It is built on
 //! `pipeforce` without its `service` feature: posting a JSON body needs neither the broker
 //! client, nor the HTTP server, nor OpenTelemetry, and the tool builds in a fraction of the
 //! service's time.
 //!
 //! - `service` starts (or updates) the service with the hub command `service.start`
-//!   ([`service`]).
+//!   ([`service`]), and with `--wait-ready` waits until it is ready ([`readiness`]).
 //! - `job` starts the image as a job with `service.job.start` under a new name for every run,
 //!   and with `--wait` follows it to its end ([`job`]).
 //!
@@ -31,20 +35,26 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (clap), checked before anything is called.
+//! - [`broker_login`]: the RabbitMQ credentials forwarded into the container.
+//! - [`image`]: the pull secret and pull policy.
 //! - [`service`]: `deploy service`.
+//! - [`readiness`]: `deploy service --wait-ready`.
 //! - [`job`]: `deploy job`: the job's name, its start, the wait and the logs.
 //! - [`job_status`]: reading the hub's answers about a job, whose shape is not documented.
 
+pub mod broker_login;
 pub mod cli;
+pub mod image;
 pub mod job;
 pub mod job_status;
+pub mod readiness;
 pub mod service;
 
 use std::{collections::BTreeMap, process::ExitCode};
 
 use pipeforce::{Config, Defaults, HubClient, HubError, hub::HubResponse, hub::Value};
 
-use crate::cli::Command;
+use crate::cli::{Command, ImageOptions};
 
 /// What a project deploys. Its `deploy` binary names it once and hands it to [`main`].
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +84,11 @@ pub fn main(target: Target) -> ExitCode {
         http_port: target.http_port,
         version: env!("CARGO_PKG_VERSION"),
     };
-    let config = match Config::from_env(defaults) {
+    // The broker credentials are the container's, forwarded as they are (an empty one, as
+    // from a CI secret that does not exist, counts as unset), not the deploy tool's own.
+    let own_environment = std::env::vars_os()
+        .filter(|(key, _)| key != broker_login::USERNAME_VAR && key != broker_login::PASSWORD_VAR);
+    let config = match Config::from_vars(defaults, own_environment) {
         Ok(config) => config,
         Err(error) => return fail(&error),
     };
@@ -103,7 +117,13 @@ pub fn main(target: Target) -> ExitCode {
         eprintln!("error: {error}");
         let advice = match &error {
             Error::Hub(error) => hint(error, &config),
-            Error::JobTimedOut { .. } => None,
+            Error::NotReady { .. } => Some(
+                "the hub accepted the start, so look at the service's log in PIPEFORCE: a \
+                 service that cannot pull its image (see --image-pull-secret) or log in to \
+                 RabbitMQ (see PIPEFORCE_MESSAGING_USERNAME) never becomes ready"
+                    .to_owned(),
+            ),
+            Error::JobTimedOut { .. } | Error::Input(_) => None,
         };
         if let Some(advice) = advice {
             eprintln!("hint: {advice}");
@@ -131,6 +151,42 @@ pub enum Error {
         /// `--timeout-secs`.
         timeout: std::time::Duration,
     },
+
+    /// `--wait-ready` gave up on a service that never answered 200.
+    #[error(
+        "the service did not become ready within {} s (--timeout-secs); the last answer of \
+         {url} was {last_answer}",
+        .timeout.as_secs()
+    )]
+    NotReady {
+        /// The readiness URL, with any password masked.
+        url: String,
+        /// `--timeout-secs`.
+        timeout: std::time::Duration,
+        /// The status and an excerpt of the body, or why there was no answer.
+        last_answer: String,
+    },
+
+    /// The input is wrong in a way found only after parsing, e.g. in the environment.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// The container's environment: the `--env` variables and the deployer's broker credentials.
+/// Warns (on stderr, before any hub call) about a login as guest and an image that may not be
+/// pulled.
+fn container_env(options: &ImageOptions, image: &str) -> Result<BTreeMap<String, String>, Error> {
+    let mut env = options.env();
+    let login =
+        broker_login::forward(&mut env, |key| std::env::var(key).ok()).map_err(Error::Input)?;
+    let warnings = [
+        login.warning(),
+        image::pull_warning(image, options.image_pull_secret()),
+    ];
+    for warning in warnings.into_iter().flatten() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(env)
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
