@@ -93,7 +93,7 @@ pub fn main(target: Target) -> ExitCode {
         Err(error) => return fail(&error),
     };
     // Logs (e.g. the hub client's retries) go to stderr; what the command did goes to stdout.
-    if let Err(error) = init_logging() {
+    if let Err(error) = init_logging(&config) {
         return fail(&error);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -194,8 +194,9 @@ fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Plain text logs on stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() -> Result<(), String> {
+/// Plain text logs on stderr, filtered by `RUST_LOG` (default `info`), coloured as the
+/// service's would be (only on a terminal, never with `NO_COLOR`).
+fn init_logging(config: &Config) -> Result<(), String> {
     use std::io::IsTerminal;
 
     let filter = match std::env::var("RUST_LOG") {
@@ -206,7 +207,9 @@ fn init_logging() -> Result<(), String> {
         })?,
         Err(_) => tracing_subscriber::EnvFilter::new("info"),
     };
-    let colours = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let colours = config
+        .telemetry
+        .colour_logs(std::io::stderr().is_terminal());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
