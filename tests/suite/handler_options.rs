@@ -84,7 +84,6 @@ async fn a_result_is_published_with_the_callers_trace_id() {
     let endpoint = receiver.endpoint();
     let scenario = Scenario::new(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ])
     .await;
