@@ -58,6 +58,10 @@ async fn passwords_in_urls_never_reach_the_logs_of_a_running_service() {
     service
         .wait_for_status("/health/live", 200, Duration::from_secs(30))
         .await;
+    // Probes make no span: a request to one of the service's own endpoints does.
+    reqwest::get(format!("{}/greetings/stats", service.http))
+        .await
+        .expect("GET /greetings/stats");
     wait_for_log(&service, "cannot export traces").await;
 
     let logs = service.logs();
