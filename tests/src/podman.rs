@@ -56,9 +56,13 @@ impl Build {
             .by_ref()
             .find(|line| is_step(line) && line.contains(instruction))
             .unwrap_or_else(|| panic!("no build step with {instruction:?}:\n{}", self.log));
+        // The step's own outcome is the first `-->` line under it: `--> Using cache <id>`,
+        // or the new layer's `--> <id>`. Other stages' lines may follow it before any step
+        // line does, cached ones among them.
         lines
             .take_while(|line| !is_step(line))
-            .any(|line| line.contains("--> Using cache"))
+            .find(|line| line.starts_with("--> "))
+            .is_some_and(|outcome| outcome.starts_with("--> Using cache"))
     }
 }
 
@@ -231,6 +235,27 @@ mod tests {
    Compiling shipping v0.1.0 (/app)
 --> 0b77a4f0
 ";
+
+    /// The same step built, as podman printed it with the last stage's cached steps
+    /// interleaved after it (the binary did not change, so its COPY came from the cache).
+    const INTERLEAVED: &str = "\
+[4/8] STEP 3/3: RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked     cargo build --release --locked --bin shipping
+   Compiling shipping v0.1.0 (/app)
+    Finished `release` profile [optimized] target(s) in 1m 57s
+--> 05cdaa137db
+--> Using cache 732ac30f41df
+--> 732ac30f41d
+[8/8] STEP 7/9: EXPOSE 8080
+";
+
+    #[test]
+    fn a_built_step_is_not_taken_for_cached_by_another_stage_printed_after_it() {
+        let build = Build {
+            log: INTERLEAVED.to_owned(),
+            elapsed: Duration::ZERO,
+        };
+        assert!(!build.cached("cargo build --release"));
+    }
 
     #[test]
     fn a_step_is_cached_when_podman_says_so_under_it() {
