@@ -21,18 +21,18 @@
 use std::{
     collections::VecDeque,
     error::Error,
+    pin::Pin,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
     },
-    publisher_confirm::PublisherConfirm,
     types::{DeliveryTag, FieldTable},
 };
 use serde_json::Value;
@@ -143,7 +143,7 @@ struct Drained {
 struct InFlight {
     tag: DeliveryTag,
     published: Instant,
-    confirm: PublisherConfirm,
+    confirm: Pin<Box<PublisherConfirm>>,
 }
 
 /// Consumes `args.count` messages, publishing an event for each; a delivery is acked once its
@@ -166,7 +166,7 @@ async fn drain(
         tokio::select! {
             // Confirms first: they free prefetch slots.
             biased;
-            confirmation = async { (&mut in_flight.front_mut().expect("checked").confirm).await },
+            confirmation = async { in_flight.front_mut().expect("checked").confirm.as_mut().await },
                 if !in_flight.is_empty() =>
             {
                 let done = in_flight.pop_front().expect("checked");
@@ -201,7 +201,11 @@ async fn drain(
                         properties.clone(),
                     )
                     .await?;
-                in_flight.push_back(InFlight { tag: delivery.delivery_tag, published, confirm });
+                in_flight.push_back(InFlight {
+                    tag: delivery.delivery_tag,
+                    published,
+                    confirm: Box::pin(confirm),
+                });
             }
         }
     }
