@@ -161,7 +161,7 @@ async fn drain(
     let mut first_delivery = None;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut confirm_latencies = Vec::with_capacity(args.count as usize);
-    let (mut received, mut unacked, mut last_confirmed) = (0, 0, 0);
+    let (mut received, mut unacked) = (0, 0);
     while (confirm_latencies.len() as u64) < args.count {
         tokio::select! {
             // Confirms first: they free prefetch slots.
@@ -175,11 +175,10 @@ async fn drain(
                     other => return Err(format!("publish not confirmed: {other:?}").into()),
                 }
                 confirm_latencies.push(done.published.elapsed());
-                last_confirmed = done.tag;
                 unacked += 1;
                 if unacked == ACK_EVERY || confirm_latencies.len() as u64 == args.count {
                     channel
-                        .basic_ack(last_confirmed, BasicAckOptions { multiple: true })
+                        .basic_ack(done.tag, BasicAckOptions { multiple: true })
                         .await?;
                     unacked = 0;
                 }
