@@ -17,6 +17,7 @@ use std::{
 use tempfile::TempDir;
 
 pub mod amqp;
+pub mod bench;
 pub mod node;
 pub mod otlp;
 pub mod podman;

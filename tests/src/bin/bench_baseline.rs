@@ -1,10 +1,11 @@
 //! The yardstick for `ci/bench`: the least a Rust service must do to drain a queue of JSON
 //! greetings. It consumes `--count` messages from `--queue` with the prefetch the service uses,
 //! decodes each body into a typed struct, acks every [`ACK_EVERY`] messages in one
-//! `multiple` ack, and prints the rate from the first delivery to the last ack:
+//! `multiple` ack, and prints the rate from the first delivery to the last ack and the CPU
+//! time (user and system) the process spent per message meanwhile:
 //!
 //!   bench_baseline --queue bench.baseline --count 100000 --prefetch 200
-//!   rate_msgs_per_s=39000 seconds=2.56 messages=100000
+//!   rate_msgs_per_s=39000 seconds=2.56 messages=100000 cpu_us_per_msg=7.1
 
 use std::{
     error::Error,
@@ -19,7 +20,7 @@ use lapin::{
     types::FieldTable,
 };
 use serde_json::Value;
-use template_tests::amqp::AMQP_URL;
+use template_tests::{amqp::AMQP_URL, bench::CpuClock};
 
 /// One `multiple` ack per this many deliveries, the batching a tuned consumer would use.
 const ACK_EVERY: u64 = 50;
@@ -78,13 +79,16 @@ async fn run() -> Result<(), BoxError> {
             FieldTable::default(),
         )
         .await?;
+    let cpu = CpuClock::start()?;
     // A service consumes in a task of its own, not in main: the baseline pays the same
     // scheduling cost.
     let elapsed = tokio::spawn(drain(channel, consumer, count)).await??;
+    let cpu_us_per_msg = cpu.micros_since()? / count as f64;
     conn.close(200, "drained".into()).await?;
     let seconds = elapsed.as_secs_f64();
     println!(
-        "rate_msgs_per_s={:.0} seconds={seconds:.3} messages={count}",
+        "rate_msgs_per_s={:.0} seconds={seconds:.3} messages={count} \
+         cpu_us_per_msg={cpu_us_per_msg:.1}",
         count as f64 / seconds
     );
     Ok(())
